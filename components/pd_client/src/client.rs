@@ -1,0 +1,380 @@
+//! `RpcClient`: the PD client over grpcio.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use futures::executor::block_on;
+use grpcio::{CallOption, ChannelBuilder, ClientUnaryReceiver, Environment};
+use kvproto::metapb;
+use kvproto::pdpb::{self, GetMembersRequest, GetMembersResponse};
+use slog::{info, warn, Logger};
+
+use crate::config::Config;
+use crate::errors::{other, Error, Result};
+use crate::metrics::*;
+use crate::util::{check_resp_header, classify_get_store, is_retryable, normalize_endpoint};
+use crate::{PdClient, PdFuture};
+
+/// Counters of reconnect attempts, readable by tests.
+#[derive(Default, Debug)]
+pub struct ReconnectStats {
+    /// Reconnects started.
+    pub try_connect: AtomicU64,
+    /// Reconnects refused because the last one was too recent.
+    pub cancel: AtomicU64,
+    /// Reconnects that found and connected to a leader.
+    pub success: AtomicU64,
+    /// Reconnects that failed.
+    pub failure: AtomicU64,
+}
+
+impl ReconnectStats {
+    /// Attempts actually made (`try_connect`).
+    pub fn attempts(&self) -> u64 {
+        self.try_connect.load(Ordering::SeqCst)
+    }
+}
+
+struct Leader {
+    client: pdpb::PdClient,
+    members: GetMembersResponse,
+    target: String,
+    last_try_reconnect: Option<Instant>,
+}
+
+struct Shared {
+    env: Arc<Environment>,
+    cfg: Config,
+    endpoints: Vec<String>,
+    cluster_id: u64,
+    leader: RwLock<Leader>,
+    stats: ReconnectStats,
+    logger: Logger,
+}
+
+/// The PD client: discovers the leader, keeps one channel to it, reconnects
+/// (throttled) when transport or leadership fails.
+#[derive(Clone)]
+pub struct RpcClient {
+    shared: Arc<Shared>,
+}
+
+fn header(cluster_id: u64) -> pdpb::RequestHeader {
+    let mut h = pdpb::RequestHeader::default();
+    h.set_cluster_id(cluster_id);
+    h
+}
+
+fn call_opt(cfg: &Config) -> CallOption {
+    CallOption::default().timeout(cfg.request_timeout.0)
+}
+
+fn connect(env: &Arc<Environment>, addr: &str) -> pdpb::PdClient {
+    let ch = ChannelBuilder::new(env.clone())
+        .max_reconnect_backoff(std::time::Duration::from_secs(1))
+        .connect(addr);
+    pdpb::PdClient::new(ch)
+}
+
+async fn get_members(
+    env: &Arc<Environment>,
+    cfg: &Config,
+    addr: &str,
+) -> Result<(pdpb::PdClient, GetMembersResponse)> {
+    let client = connect(env, addr);
+    let mut req = GetMembersRequest::default();
+    req.set_header(header(0));
+    let resp = client.get_members_async_opt(&req, call_opt(cfg))?.await?;
+    check_resp_header(resp.get_header(), 0, None)?;
+    Ok((client, resp))
+}
+
+/// Asks each candidate for the members and connects to the leader.
+async fn connect_leader(
+    env: &Arc<Environment>,
+    cfg: &Config,
+    candidates: &[String],
+    cluster_id: u64,
+    logger: &Logger,
+) -> Result<(pdpb::PdClient, GetMembersResponse, String)> {
+    let mut last_err = other("no PD endpoint answered");
+    for addr in candidates {
+        let members = match get_members(env, cfg, addr).await {
+            Ok((_, m)) => m,
+            Err(e) => {
+                warn!(logger, "failed to get PD members"; "endpoint" => addr, "err" => %e);
+                last_err = e;
+                continue;
+            }
+        };
+        let got = members.get_header().get_cluster_id();
+        if cluster_id != 0 && got != cluster_id {
+            last_err = other(format!(
+                "PD response cluster_id mismatch, want {}, got {} from {}",
+                cluster_id, got, addr
+            ));
+            warn!(logger, "PD cluster id mismatch"; "endpoint" => addr, "want" => cluster_id, "got" => got);
+            continue;
+        }
+        let leader = members.get_leader();
+        for url in leader.get_client_urls() {
+            match normalize_endpoint(url) {
+                Ok(target) => {
+                    let client = connect(env, &target);
+                    return Ok((client, members.clone(), target));
+                }
+                Err(e) => last_err = e,
+            }
+        }
+        if leader.get_client_urls().is_empty() {
+            last_err = other(format!("PD at {} reports no leader", addr));
+        }
+    }
+    Err(last_err)
+}
+
+impl Shared {
+    fn candidates(&self) -> Vec<String> {
+        let mut c = self.endpoints.clone();
+        let leader = self.leader.read().unwrap();
+        for m in leader.members.get_members() {
+            for url in m.get_client_urls() {
+                if let Ok(u) = normalize_endpoint(url) {
+                    if !c.contains(&u) {
+                        c.push(u);
+                    }
+                }
+            }
+        }
+        c
+    }
+
+    /// Reconnects to the current leader, at most once per reconnect interval.
+    async fn reconnect(&self) -> Result<()> {
+        {
+            let mut l = self.leader.write().unwrap();
+            let now = Instant::now();
+            if let Some(t) = l.last_try_reconnect {
+                if now.saturating_duration_since(t) < self.cfg.reconnect_interval.0 {
+                    self.stats.cancel.fetch_add(1, Ordering::SeqCst);
+                    PD_RECONNECT_COUNTER_VEC.with_label_values(&["cancel"]).inc();
+                    return Err(other("cancel reconnection due to too small interval"));
+                }
+            }
+            l.last_try_reconnect = Some(now);
+        }
+        self.stats.try_connect.fetch_add(1, Ordering::SeqCst);
+        PD_RECONNECT_COUNTER_VEC.with_label_values(&["try_connect"]).inc();
+        let candidates = self.candidates();
+        match connect_leader(&self.env, &self.cfg, &candidates, self.cluster_id, &self.logger).await
+        {
+            Ok((client, members, target)) => {
+                let mut l = self.leader.write().unwrap();
+                if l.target != target {
+                    info!(self.logger, "connected to PD leader"; "endpoint" => &target, "previous" => &l.target);
+                }
+                l.client = client;
+                l.members = members;
+                l.target = target;
+                self.stats.success.fetch_add(1, Ordering::SeqCst);
+                PD_RECONNECT_COUNTER_VEC.with_label_values(&["success"]).inc();
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.failure.fetch_add(1, Ordering::SeqCst);
+                PD_RECONNECT_COUNTER_VEC.with_label_values(&["failure"]).inc();
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs `f` against the leader; retries transport and leadership
+    /// failures with a throttled reconnect, returns anything else at once.
+    async fn request<Resp, F>(self: Arc<Self>, method: &'static str, f: F) -> Result<Resp>
+    where
+        Resp: Unpin,
+    F: Fn(&pdpb::PdClient, CallOption) -> grpcio::Result<ClientUnaryReceiver<Resp>>,
+    {
+        let start = Instant::now();
+        let mut attempt = 0;
+        let res = loop {
+            attempt += 1;
+            let client = self.leader.read().unwrap().client.clone();
+            let r = match f(&client, call_opt(&self.cfg)) {
+                Ok(rx) => rx.await,
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(resp) => break Ok(resp),
+                Err(e) if is_retryable(&e) && attempt < self.cfg.retry_max_count => {
+                    warn!(self.logger, "PD request failed, will retry";
+                        "method" => method, "attempt" => attempt, "err" => %e);
+                    if let Err(re) = self.reconnect().await {
+                        warn!(self.logger, "reconnect PD failed"; "err" => %re);
+                    }
+                    tikv_util::timer::sleep(self.cfg.retry_interval.0).await;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        PD_REQUEST_HISTOGRAM_VEC
+            .with_label_values(&[method])
+            .observe(start.elapsed().as_secs_f64());
+        res.map_err(Error::Grpc)
+    }
+}
+
+fn observe<T>(method: &str, r: Result<T>) -> Result<T> {
+    if let Err(e) = &r {
+        PD_REQUEST_FAILURE_COUNTER_VEC
+            .with_label_values(&[method, e.kind()])
+            .inc();
+    }
+    r
+}
+
+impl RpcClient {
+    /// Connects to PD: asks each endpoint for the members until one answers,
+    /// learns the cluster id and connects to the leader. Endpoints that
+    /// answer with a different cluster id are an error.
+    pub fn new(cfg: &Config, env: Option<Arc<Environment>>, logger: Logger) -> Result<RpcClient> {
+        cfg.validate()?;
+        let env = env.unwrap_or_else(|| Arc::new(Environment::new(1)));
+        let endpoints: Vec<String> = cfg
+            .endpoints
+            .iter()
+            .map(|e| normalize_endpoint(e))
+            .collect::<Result<_>>()?;
+        let (cluster_id, client, members, target) = block_on(async {
+            let mut cluster_id = 0u64;
+            let mut last_err = other("no PD endpoint answered");
+            for ep in &endpoints {
+                match get_members(&env, cfg, ep).await {
+                    Ok((_, m)) => {
+                        let id = m.get_header().get_cluster_id();
+                        if cluster_id == 0 {
+                            cluster_id = id;
+                        } else if id != cluster_id {
+                            return Err(other(format!(
+                                "PD response cluster_id mismatch, want {}, got {} from {}",
+                                cluster_id, id, ep
+                            )));
+                        }
+                    }
+                    Err(e) => {
+                        warn!(logger, "PD endpoint unreachable"; "endpoint" => ep, "err" => %e);
+                        last_err = e;
+                    }
+                }
+            }
+            if cluster_id == 0 {
+                return Err(last_err);
+            }
+            let (client, members, target) =
+                connect_leader(&env, cfg, &endpoints, cluster_id, &logger).await?;
+            Ok((cluster_id, client, members, target))
+        })?;
+        info!(logger, "connected to PD"; "cluster_id" => cluster_id, "leader" => &target);
+        Ok(RpcClient {
+            shared: Arc::new(Shared {
+                env,
+                cfg: cfg.clone(),
+                endpoints,
+                cluster_id,
+                leader: RwLock::new(Leader {
+                    client,
+                    members,
+                    target,
+                    last_try_reconnect: None,
+                }),
+                stats: ReconnectStats::default(),
+                logger,
+            }),
+        })
+    }
+
+    /// The leader's address this client talks to.
+    pub fn leader_addr(&self) -> String {
+        self.shared.leader.read().unwrap().target.clone()
+    }
+
+    /// Reconnect counters.
+    pub fn reconnect_stats(&self) -> &ReconnectStats {
+        &self.shared.stats
+    }
+
+    /// Forces a (throttled) reconnect to the leader.
+    pub fn reconnect(&self) -> Result<()> {
+        block_on(self.shared.reconnect())
+    }
+
+    fn run<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        block_on(fut)
+    }
+}
+
+impl PdClient for RpcClient {
+    fn get_cluster_id(&self) -> Result<u64> {
+        Ok(self.shared.cluster_id)
+    }
+
+    fn get_store_async(&self, store_id: u64) -> PdFuture<metapb::Store> {
+        let shared = self.shared.clone();
+        let cluster_id = shared.cluster_id;
+        Box::pin(async move {
+            let mut req = pdpb::GetStoreRequest::default();
+            req.set_header(header(cluster_id));
+            req.set_store_id(store_id);
+            let resp = shared
+                .request("get_store", move |c, opt| c.get_store_async_opt(&req, opt))
+                .await;
+            let resp = match resp {
+                Ok(r) => Ok(r),
+                Err(Error::Grpc(e)) => Err(e),
+                Err(e) => return observe("get_store", Err(e)),
+            };
+            observe("get_store", classify_get_store(store_id, cluster_id, resp))
+        })
+    }
+
+    fn get_all_stores(&self, exclude_tombstone: bool) -> Result<Vec<metapb::Store>> {
+        let shared = self.shared.clone();
+        let cluster_id = shared.cluster_id;
+        self.run(async move {
+            let mut req = pdpb::GetAllStoresRequest::default();
+            req.set_header(header(cluster_id));
+            req.set_exclude_tombstone_stores(exclude_tombstone);
+            let r = shared
+                .request("get_all_stores", move |c, opt| {
+                    c.get_all_stores_async_opt(&req, opt)
+                })
+                .await
+                .and_then(|mut resp| {
+                    check_resp_header(resp.get_header(), cluster_id, None)?;
+                    Ok(resp.take_stores().into_vec())
+                });
+            observe("get_all_stores", r)
+        })
+    }
+
+    fn put_store(&self, store: metapb::Store) -> Result<()> {
+        let shared = self.shared.clone();
+        let cluster_id = shared.cluster_id;
+        self.run(async move {
+            let store_id = store.get_id();
+            let mut req = pdpb::PutStoreRequest::default();
+            req.set_header(header(cluster_id));
+            req.set_store(store);
+            let r = shared
+                .request("put_store", move |c, opt| c.put_store_async_opt(&req, opt))
+                .await
+                .and_then(|resp| check_resp_header(resp.get_header(), cluster_id, Some(store_id)));
+            observe("put_store", r)
+        })
+    }
+}

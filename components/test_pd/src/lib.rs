@@ -1,0 +1,249 @@
+//! An embedded PD for tests and the drill: a real grpcio server implementing
+//! the PD methods TiKV's store resolution uses, with PD's answers (both
+//! generations' shape of "invalid store ID N, not found"), several members
+//! with one leader, an administration API, fault injection and per-method,
+//! per-store request counters.
+
+#![deny(missing_docs)]
+
+mod service;
+mod state;
+
+pub use crate::state::{Fault, Method, NotFoundShape};
+
+use std::sync::{Arc, Mutex};
+
+use grpcio::{Environment, Server as GrpcServer, ServerBuilder, ServerCredentials};
+use kvproto::metapb;
+
+use crate::service::PdService;
+use crate::state::Cluster;
+
+struct Member {
+    name: String,
+    id: u64,
+    port: u16,
+    server: Option<GrpcServer>,
+}
+
+/// A running embedded PD cluster of one or more members on loopback.
+pub struct Server {
+    env: Arc<Environment>,
+    cluster: Arc<Cluster>,
+    members: Mutex<Vec<Member>>,
+}
+
+fn start_member(
+    env: &Arc<Environment>,
+    cluster: &Arc<Cluster>,
+    idx: usize,
+    port: u16,
+) -> (GrpcServer, u16) {
+    let svc = PdService::new(idx, cluster.clone());
+    let mut server = ServerBuilder::new(env.clone())
+        .register_service(kvproto::pdpb::create_pd(svc))
+        .build()
+        .expect("build PD server");
+    let port = server
+        .add_listening_port(format!("127.0.0.1:{}", port), ServerCredentials::insecure())
+        .expect("bind PD member");
+    server.start();
+    (server, port)
+}
+
+impl Server {
+    /// Starts `count` members (at least 1) answering "not found" in `shape`.
+    /// Member 0 is the leader. The cluster is bootstrapped.
+    pub fn new(count: usize, shape: NotFoundShape) -> Server {
+        assert!(count >= 1, "a PD cluster needs at least one member");
+        let env = Arc::new(Environment::new(2));
+        let cluster = Arc::new(Cluster::new(shape));
+        let mut members = Vec::new();
+        for idx in 0..count {
+            let (server, port) = start_member(&env, &cluster, idx, 0);
+            members.push(Member {
+                name: format!("pd-{}", idx),
+                id: 100 + idx as u64,
+                port,
+                server: Some(server),
+            });
+        }
+        let s = Server {
+            env,
+            cluster,
+            members: Mutex::new(members),
+        };
+        s.publish_members();
+        s
+    }
+
+    /// One member, newer PD's header-error shape.
+    pub fn single() -> Server {
+        Server::new(1, NotFoundShape::Header)
+    }
+
+    fn publish_members(&self) {
+        let ms = self.members.lock().unwrap();
+        let list = ms
+            .iter()
+            .map(|m| {
+                let mut pm = kvproto::pdpb::Member::default();
+                pm.set_name(m.name.clone());
+                pm.set_member_id(m.id);
+                pm.set_client_urls(vec![format!("http://127.0.0.1:{}", m.port)].into());
+                pm.set_peer_urls(vec![format!("http://127.0.0.1:{}", m.port)].into());
+                pm
+            })
+            .collect();
+        self.cluster.set_members(list);
+    }
+
+    /// The members' endpoints, `127.0.0.1:port`.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.port))
+            .collect()
+    }
+
+    /// The cluster id every member reports.
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster.cluster_id()
+    }
+
+    /// Sets the cluster id (before clients connect), e.g. to build two
+    /// clusters that must not be mixed.
+    pub fn set_cluster_id(&self, id: u64) {
+        self.cluster.set_cluster_id(id);
+    }
+
+    /// Makes member `idx` the leader.
+    pub fn change_leader(&self, idx: usize) {
+        assert!(idx < self.members.lock().unwrap().len());
+        self.cluster.set_leader(idx);
+    }
+
+    /// The index of the leader member.
+    pub fn leader(&self) -> usize {
+        self.cluster.leader()
+    }
+
+    /// Stops member `idx`'s gRPC server (its port refuses connections).
+    pub fn stop_member(&self, idx: usize) {
+        let server = self.members.lock().unwrap()[idx].server.take();
+        if let Some(mut s) = server {
+            let _ = futures::executor::block_on(s.shutdown());
+        }
+    }
+
+    /// Restarts a stopped member on its old port.
+    pub fn restart_member(&self, idx: usize) {
+        let mut ms = self.members.lock().unwrap();
+        if ms[idx].server.is_none() {
+            let (server, port) = start_member(&self.env, &self.cluster, idx, ms[idx].port);
+            assert_eq!(port, ms[idx].port, "PD member must come back on its port");
+            ms[idx].server = Some(server);
+        }
+    }
+
+    /// Stops every member.
+    pub fn stop(&self) {
+        let n = self.members.lock().unwrap().len();
+        for i in 0..n {
+            self.stop_member(i);
+        }
+    }
+
+    /// Registers an Up store at `address`.
+    pub fn add_store(&self, id: u64, address: &str) {
+        let mut s = metapb::Store::default();
+        s.set_id(id);
+        s.set_address(address.to_owned());
+        self.put_store(s);
+    }
+
+    /// Registers or replaces a store's meta as given (no validation: tests
+    /// use it to plant malformed meta).
+    pub fn put_store(&self, store: metapb::Store) {
+        self.cluster.put_store(store);
+    }
+
+    /// The store's meta, if PD knows it.
+    pub fn get_store(&self, id: u64) -> Option<metapb::Store> {
+        self.cluster.get_store(id)
+    }
+
+    /// Changes a known store's address.
+    pub fn set_store_address(&self, id: u64, address: &str) {
+        self.cluster
+            .update_store(id, |s| s.set_address(address.to_owned()));
+    }
+
+    /// Marks a store Offline (being decommissioned).
+    pub fn set_offline(&self, id: u64) {
+        self.cluster.update_store(id, |s| {
+            s.set_state(metapb::StoreState::Offline);
+            s.set_node_state(metapb::NodeState::Removing);
+        });
+    }
+
+    /// Marks a store Tombstone (node_state Removed), as PD does once every
+    /// region has left it.
+    pub fn bury(&self, id: u64) {
+        self.cluster.update_store(id, |s| {
+            s.set_state(metapb::StoreState::Tombstone);
+            s.set_node_state(metapb::NodeState::Removed);
+        });
+    }
+
+    /// `pd-ctl store remove-tombstone`: forgets a Tombstone store, after
+    /// which GetStore answers "invalid store ID N, not found". Returns false
+    /// when the store is unknown or not Tombstone.
+    pub fn remove_tombstone(&self, id: u64) -> bool {
+        self.cluster.remove_tombstone(id)
+    }
+
+    /// Injects `fault` for every call of `method`.
+    pub fn set_fault(&self, method: Method, fault: Fault) {
+        self.cluster.set_fault(method, None, fault);
+    }
+
+    /// Injects `fault` for `method` calls about store `store_id` only.
+    pub fn set_store_fault(&self, method: Method, store_id: u64, fault: Fault) {
+        self.cluster.set_fault(method, Some(store_id), fault);
+    }
+
+    /// Removes every injected fault and releases dropped calls.
+    pub fn clear_faults(&self) {
+        self.cluster.clear_faults();
+    }
+
+    /// Sets whether the cluster is bootstrapped.
+    pub fn set_bootstrapped(&self, b: bool) {
+        self.cluster.set_bootstrapped(b);
+    }
+
+    /// How many `method` calls all members received.
+    pub fn method_count(&self, method: Method) -> u64 {
+        self.cluster.count(method, None)
+    }
+
+    /// How many `method` calls about `store_id` all members received.
+    pub fn store_count(&self, method: Method, store_id: u64) -> u64 {
+        self.cluster.count(method, Some(store_id))
+    }
+
+    /// GetStore calls for `store_id`: the load a resolver puts on PD.
+    pub fn get_store_count(&self, store_id: u64) -> u64 {
+        self.store_count(Method::GetStore, store_id)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.clear_faults();
+        self.stop();
+    }
+}
