@@ -1,0 +1,317 @@
+//! pd_client against the embedded PD over real gRPC on loopback.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use grpcio::{Environment, RpcStatusCode};
+use kvproto::metapb;
+use pd_client::{Config, Error, PdClient, RpcClient};
+use test_pd::{Fault, Method, NotFoundShape, Server};
+use tikv_util::config::ReadableDuration;
+
+fn cfg(endpoints: Vec<String>) -> Config {
+    let mut c = Config::new(endpoints);
+    c.retry_interval = ReadableDuration::millis(10);
+    c.retry_max_count = 4;
+    c.reconnect_interval = ReadableDuration::millis(0);
+    c.request_timeout = ReadableDuration::millis(500);
+    c
+}
+
+fn client(pd: &Server) -> RpcClient {
+    RpcClient::new(&cfg(pd.endpoints()), None, tikv_util::logger::discard()).unwrap()
+}
+
+/// A loopback port nothing listens on.
+fn dead_endpoint() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    format!("127.0.0.1:{}", port)
+}
+
+fn both_shapes() -> [NotFoundShape; 2] {
+    [NotFoundShape::GrpcStatus, NotFoundShape::Header]
+}
+
+#[test]
+fn store_lifecycle_verdicts_in_both_pd_generations() {
+    for shape in both_shapes() {
+        let pd = Server::new(1, shape);
+        pd.add_store(1, "127.0.0.1:20160");
+        let c = client(&pd);
+        assert_eq!(c.get_cluster_id().unwrap(), pd.cluster_id());
+
+        let s = c.get_store(1).unwrap();
+        assert_eq!(s.get_state(), metapb::StoreState::Up);
+        assert_eq!(s.get_address(), "127.0.0.1:20160");
+
+        pd.set_offline(1);
+        let s = c.get_store(1).unwrap();
+        assert_eq!(s.get_state(), metapb::StoreState::Offline);
+
+        pd.bury(1);
+        match c.get_store(1) {
+            Err(Error::StoreTombstone(msg)) => assert!(msg.contains("Tombstone"), "{}", msg),
+            other => panic!("{:?}: {:?}", shape, other),
+        }
+
+        assert!(pd.remove_tombstone(1));
+        match c.get_store(1) {
+            Err(Error::StoreNotFound(1)) => {}
+            other => panic!("{:?}: {:?}", shape, other),
+        }
+
+        // Never registered.
+        assert!(matches!(c.get_store(42), Err(Error::StoreNotFound(42))));
+    }
+}
+
+#[test]
+fn not_found_costs_one_rpc_and_no_reconnect() {
+    for shape in both_shapes() {
+        let pd = Server::new(3, shape);
+        let c = client(&pd);
+        let members_before = pd.method_count(Method::GetMembers);
+        assert!(matches!(c.get_store(6365), Err(Error::StoreNotFound(6365))));
+        assert_eq!(pd.get_store_count(6365), 1, "{:?}", shape);
+        assert_eq!(c.reconnect_stats().attempts(), 0, "{:?}", shape);
+        assert_eq!(pd.method_count(Method::GetMembers), members_before, "{:?}", shape);
+    }
+}
+
+#[test]
+fn store_id_zero_is_other() {
+    for shape in both_shapes() {
+        let pd = Server::new(1, shape);
+        let c = client(&pd);
+        match c.get_store(0) {
+            Err(Error::Other(_)) | Err(Error::Grpc(_)) => {}
+            other => panic!("{:?}: {:?}", shape, other),
+        }
+        assert_eq!(pd.get_store_count(0), 1);
+    }
+}
+
+#[test]
+fn put_store_then_tombstone_refused() {
+    let pd = Server::single();
+    let c = client(&pd);
+    let mut s = metapb::Store::default();
+    s.set_id(5);
+    s.set_address("127.0.0.1:20165".into());
+    c.put_store(s.clone()).unwrap();
+    assert_eq!(c.get_store(5).unwrap().get_address(), "127.0.0.1:20165");
+    pd.bury(5);
+    assert!(matches!(c.put_store(s), Err(Error::StoreTombstone(_))));
+    // Empty address is refused by PD.
+    let mut bad = metapb::Store::default();
+    bad.set_id(6);
+    assert!(matches!(c.put_store(bad), Err(Error::Other(_))));
+}
+
+#[test]
+fn get_all_stores_honours_exclude_tombstone() {
+    let pd = Server::single();
+    pd.add_store(1, "127.0.0.1:1");
+    pd.add_store(2, "127.0.0.1:2");
+    pd.bury(2);
+    let c = client(&pd);
+    assert_eq!(c.get_all_stores(false).unwrap().len(), 2);
+    let live = c.get_all_stores(true).unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].get_id(), 1);
+}
+
+#[test]
+fn empty_or_malformed_address_is_returned_as_is() {
+    // pd_client reports what PD said; judging the address is resolve's job.
+    let pd = Server::single();
+    for (id, addr) in [(1u64, ""), (2, "not an address"), (3, "127.0.0.1:")] {
+        let mut s = metapb::Store::default();
+        s.set_id(id);
+        s.set_address(addr.into());
+        pd.put_store(s);
+    }
+    let c = client(&pd);
+    assert_eq!(c.get_store(1).unwrap().get_address(), "");
+    assert_eq!(c.get_store(2).unwrap().get_address(), "not an address");
+    assert_eq!(c.get_store(3).unwrap().get_address(), "127.0.0.1:");
+}
+
+#[test]
+fn discovers_leader_when_first_endpoint_is_dead() {
+    let pd = Server::new(3, NotFoundShape::Header);
+    pd.add_store(1, "127.0.0.1:20160");
+    pd.change_leader(2);
+    let mut eps = vec![dead_endpoint()];
+    eps.extend(pd.endpoints());
+    let c = RpcClient::new(&cfg(eps), None, tikv_util::logger::discard()).unwrap();
+    assert_eq!(c.leader_addr(), pd.endpoints()[2]);
+    assert_eq!(c.get_store(1).unwrap().get_id(), 1);
+}
+
+#[test]
+fn all_endpoints_dead_is_an_error() {
+    let r = RpcClient::new(
+        &cfg(vec![dead_endpoint(), dead_endpoint()]),
+        None,
+        tikv_util::logger::discard(),
+    );
+    assert!(r.is_err());
+}
+
+#[test]
+fn malformed_endpoints_are_rejected() {
+    for eps in [vec![], vec!["".to_owned()], vec!["127.0.0.1".to_owned()], vec!["h:0".to_owned()]] {
+        let r = RpcClient::new(&cfg(eps.clone()), None, tikv_util::logger::discard());
+        assert!(matches!(r, Err(Error::Other(_))), "{:?}", eps);
+    }
+}
+
+#[test]
+fn follows_leader_change_mid_run() {
+    let pd = Server::new(3, NotFoundShape::GrpcStatus);
+    pd.add_store(1, "127.0.0.1:20160");
+    let c = client(&pd);
+    assert_eq!(c.leader_addr(), pd.endpoints()[0]);
+    assert!(c.get_store(1).is_ok());
+
+    pd.change_leader(1);
+    // The old leader answers "not leader" (UNAVAILABLE); the client
+    // reconnects to the new leader and the request succeeds.
+    assert_eq!(c.get_store(1).unwrap().get_id(), 1);
+    assert_eq!(c.leader_addr(), pd.endpoints()[1]);
+    assert!(c.reconnect_stats().success.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+
+    // The old leader goes away entirely; the next change is followed too.
+    pd.stop_member(0);
+    pd.change_leader(2);
+    assert!(matches!(c.get_store(9), Err(Error::StoreNotFound(9))));
+    assert_eq!(c.leader_addr(), pd.endpoints()[2]);
+}
+
+#[test]
+fn pd_down_fails_after_bounded_retries_then_recovers() {
+    let pd = Server::single();
+    pd.add_store(1, "127.0.0.1:20160");
+    let c = client(&pd);
+    pd.stop_member(0);
+    match c.get_store(1) {
+        Err(Error::Grpc(_)) => {}
+        other => panic!("{:?}", other),
+    }
+    // Bounded: at most one reconnect per failed attempt but the last.
+    assert!(c.reconnect_stats().attempts() <= 3);
+    pd.restart_member(0);
+    assert_eq!(c.get_store(1).unwrap().get_id(), 1);
+}
+
+#[test]
+fn transport_failures_are_retried_application_answers_are_not() {
+    let pd = Server::single();
+    pd.add_store(1, "127.0.0.1:20160");
+    let c = client(&pd);
+    pd.set_store_fault(
+        Method::GetStore,
+        1,
+        Fault::Fail(RpcStatusCode::UNAVAILABLE, "injected".into()),
+    );
+    assert!(matches!(c.get_store(1), Err(Error::Grpc(_))));
+    assert_eq!(pd.get_store_count(1), 4, "retry_max_count attempts");
+
+    pd.set_store_fault(
+        Method::GetStore,
+        2,
+        Fault::Fail(RpcStatusCode::UNKNOWN, "region 7 not found".into()),
+    );
+    assert!(matches!(c.get_store(2), Err(Error::Grpc(_))));
+    assert_eq!(pd.get_store_count(2), 1, "an answer is not retried");
+
+    pd.set_store_fault(
+        Method::GetStore,
+        3,
+        Fault::Fail(RpcStatusCode::UNKNOWN, "invalid store ID 4, not found".into()),
+    );
+    // Not-found about another store id is not our store's verdict.
+    assert!(matches!(c.get_store(3), Err(Error::Grpc(_))));
+    assert_eq!(pd.get_store_count(3), 1);
+}
+
+#[test]
+fn reconnects_are_throttled() {
+    let pd = Server::single();
+    let mut c = cfg(pd.endpoints());
+    c.reconnect_interval = ReadableDuration::secs(3600);
+    let client = RpcClient::new(&c, None, tikv_util::logger::discard()).unwrap();
+    pd.set_fault(
+        Method::GetStore,
+        Fault::Fail(RpcStatusCode::UNAVAILABLE, "injected".into()),
+    );
+    assert!(client.get_store(1).is_err());
+    let s = client.reconnect_stats();
+    assert_eq!(s.attempts(), 1, "only the first reconnect is tried");
+    assert_eq!(s.cancel.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[test]
+fn dropped_request_times_out_as_grpc_error() {
+    let pd = Server::single();
+    let c = client(&pd);
+    pd.set_store_fault(Method::GetStore, 1, Fault::Drop);
+    assert!(matches!(c.get_store(1), Err(Error::Grpc(_))));
+    pd.clear_faults();
+}
+
+#[test]
+fn cluster_id_mismatch_between_endpoints_is_refused() {
+    let a = Server::single();
+    let b = Server::single();
+    b.set_cluster_id(a.cluster_id() + 1);
+    let mut eps = a.endpoints();
+    eps.extend(b.endpoints());
+    match RpcClient::new(&cfg(eps), None, tikv_util::logger::discard()) {
+        Err(Error::Other(e)) => assert!(e.to_string().contains("cluster_id mismatch"), "{}", e),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn cluster_id_changed_under_the_client_is_an_error() {
+    let pd = Server::single();
+    pd.add_store(1, "127.0.0.1:20160");
+    let c = client(&pd);
+    pd.set_cluster_id(pd.cluster_id() + 1);
+    // PD refuses a request header with another cluster id: FAILED_PRECONDITION, not retried.
+    match c.get_store(1) {
+        Err(Error::Grpc(grpcio::Error::RpcFailure(s))) => {
+            assert_eq!(s.code(), RpcStatusCode::FAILED_PRECONDITION)
+        }
+        other => panic!("{:?}", other),
+    }
+    assert_eq!(pd.get_store_count(1), 1);
+}
+
+#[test]
+fn not_bootstrapped_is_typed() {
+    let pd = Server::single();
+    pd.set_bootstrapped(false);
+    let c = client(&pd);
+    assert!(matches!(c.get_store(1), Err(Error::ClusterNotBootstrapped(_))));
+}
+
+#[test]
+fn async_get_store_runs_concurrently() {
+    let pd = Server::single();
+    pd.add_store(1, "127.0.0.1:20160");
+    pd.set_store_fault(Method::GetStore, 2, Fault::Delay(Duration::from_secs(30)));
+    let env = Arc::new(Environment::new(1));
+    let c = RpcClient::new(&cfg(pd.endpoints()), Some(env), tikv_util::logger::discard()).unwrap();
+    // The slow call is in flight while the fast one completes.
+    let slow = c.get_store_async(2);
+    let fast = futures::executor::block_on(c.get_store_async(1)).unwrap();
+    assert_eq!(fast.get_id(), 1);
+    drop(slow);
+    pd.clear_faults();
+}
