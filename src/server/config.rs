@@ -1,0 +1,223 @@
+//! The `[server]` config section: the keys the raft client and resolver
+//! read, with TiKV's names and defaults, plus this fork's not-found keys.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tikv_util::config::{ReadableDuration, ReadableSize};
+
+/// Default `raft-client-queue-size`.
+pub const DEFAULT_RAFT_CLIENT_QUEUE_SIZE: usize = 8192;
+
+/// `[server]` settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct Config {
+    /// Address the raft service listens on.
+    pub addr: String,
+    /// Connections per peer store.
+    pub grpc_raft_conn_num: usize,
+    /// Messages queued per peer store, split across its connections.
+    pub raft_client_queue_size: usize,
+    /// Backoff cap between reconnects, and the retry delay for resolution
+    /// errors other than not-found.
+    pub raft_client_max_backoff: ReadableDuration,
+    /// First reconnect backoff, doubled on each failure.
+    pub raft_client_initial_reconnect_backoff: ReadableDuration,
+    /// Messages per `BatchRaft` batch.
+    pub raft_msg_max_batch_size: usize,
+    /// Bytes per gRPC message.
+    pub max_grpc_send_msg_len: ReadableSize,
+    /// gRPC keepalive ping interval.
+    pub grpc_keepalive_time: ReadableDuration,
+    /// gRPC keepalive ping timeout.
+    pub grpc_keepalive_timeout: ReadableDuration,
+    /// How long a connection waits for the channel to become ready.
+    pub raft_client_connect_timeout: ReadableDuration,
+    /// Backoff cap while PD answers "store not found" (ours).
+    pub raft_client_not_found_max_backoff: ReadableDuration,
+    /// At most one not-found warning per store per interval (ours).
+    pub raft_client_not_found_log_interval: ReadableDuration,
+    /// How long the resolver serves a cached not-found answer (ours).
+    pub store_not_found_cache_ttl: ReadableDuration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            addr: "127.0.0.1:20160".to_owned(),
+            grpc_raft_conn_num: 1,
+            raft_client_queue_size: DEFAULT_RAFT_CLIENT_QUEUE_SIZE,
+            raft_client_max_backoff: ReadableDuration::secs(5),
+            raft_client_initial_reconnect_backoff: ReadableDuration::secs(1),
+            raft_msg_max_batch_size: 128,
+            max_grpc_send_msg_len: ReadableSize::mb(10),
+            grpc_keepalive_time: ReadableDuration::secs(10),
+            grpc_keepalive_timeout: ReadableDuration::secs(3),
+            raft_client_connect_timeout: ReadableDuration::secs(3),
+            raft_client_not_found_max_backoff: ReadableDuration::secs(60),
+            raft_client_not_found_log_interval: ReadableDuration::secs(60),
+            store_not_found_cache_ttl: ReadableDuration::secs(1),
+        }
+    }
+}
+
+/// A rejected config value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid [server] config: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Rejects values the raft client cannot work with.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        if self.grpc_raft_conn_num == 0 {
+            return err("grpc-raft-conn-num must be at least 1".into());
+        }
+        if self.raft_client_queue_size == 0 {
+            return err("raft-client-queue-size must be at least 1".into());
+        }
+        if self.raft_client_queue_size < self.grpc_raft_conn_num {
+            return err(format!(
+                "raft-client-queue-size ({}) must be at least grpc-raft-conn-num ({})",
+                self.raft_client_queue_size, self.grpc_raft_conn_num
+            ));
+        }
+        if self.raft_client_initial_reconnect_backoff.is_zero() {
+            return err("raft-client-initial-reconnect-backoff must be positive".into());
+        }
+        if self.raft_client_max_backoff < self.raft_client_initial_reconnect_backoff {
+            return err(format!(
+                "raft-client-max-backoff ({}) must not be less than raft-client-initial-reconnect-backoff ({})",
+                self.raft_client_max_backoff, self.raft_client_initial_reconnect_backoff
+            ));
+        }
+        if self.raft_client_not_found_max_backoff < self.raft_client_initial_reconnect_backoff {
+            return err(format!(
+                "raft-client-not-found-max-backoff ({}) must not be less than raft-client-initial-reconnect-backoff ({})",
+                self.raft_client_not_found_max_backoff, self.raft_client_initial_reconnect_backoff
+            ));
+        }
+        if self.raft_msg_max_batch_size == 0 {
+            return err("raft-msg-max-batch-size must be at least 1".into());
+        }
+        if self.max_grpc_send_msg_len.0 == 0 || self.max_grpc_send_msg_len.0 > i32::MAX as u64 {
+            return err(format!(
+                "max-grpc-send-msg-len must be between 1B and 2GiB, got {}",
+                self.max_grpc_send_msg_len
+            ));
+        }
+        if self.raft_client_connect_timeout.is_zero() {
+            return err("raft-client-connect-timeout must be positive".into());
+        }
+        if self.grpc_keepalive_time.is_zero() || self.grpc_keepalive_timeout.is_zero() {
+            return err("grpc-keepalive-time and grpc-keepalive-timeout must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Queue capacity of one connection.
+    pub fn queue_size_per_conn(&self) -> usize {
+        (self.raft_client_queue_size / self.grpc_raft_conn_num).max(1)
+    }
+
+    /// The initial reconnect backoff as a `Duration`.
+    pub fn initial_backoff(&self) -> Duration {
+        self.raft_client_initial_reconnect_backoff.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct TikvConfig {
+        server: Config,
+    }
+
+    #[test]
+    fn parse_tikv_style_server_section() {
+        let text = r#"
+            [server]
+            addr = "127.0.0.1:20161"
+            grpc-raft-conn-num = 4
+            raft-client-queue-size = 1024
+            raft-client-max-backoff = "2s"
+            raft-client-initial-reconnect-backoff = "100ms"
+            raft-msg-max-batch-size = 64
+            max-grpc-send-msg-len = "1MiB"
+            grpc-keepalive-time = "5s"
+            grpc-keepalive-timeout = "1s"
+            raft-client-not-found-max-backoff = "30s"
+            raft-client-not-found-log-interval = "1m"
+        "#;
+        let c: TikvConfig = toml::from_str(text).unwrap();
+        let s = c.server;
+        s.validate().unwrap();
+        assert_eq!(s.addr, "127.0.0.1:20161");
+        assert_eq!(s.grpc_raft_conn_num, 4);
+        assert_eq!(s.raft_client_queue_size, 1024);
+        assert_eq!(s.queue_size_per_conn(), 256);
+        assert_eq!(s.raft_client_max_backoff, ReadableDuration::secs(2));
+        assert_eq!(s.raft_client_initial_reconnect_backoff, ReadableDuration::millis(100));
+        assert_eq!(s.raft_msg_max_batch_size, 64);
+        assert_eq!(s.max_grpc_send_msg_len, ReadableSize::mb(1));
+        assert_eq!(s.raft_client_not_found_max_backoff, ReadableDuration::secs(30));
+        assert_eq!(s.raft_client_not_found_log_interval, ReadableDuration::secs(60));
+        // Unset keys keep TiKV's defaults.
+        assert_eq!(s.store_not_found_cache_ttl, ReadableDuration::secs(1));
+        // A plain number of bytes is accepted as TiKV's integer form.
+        let c: TikvConfig = toml::from_str("[server]\nmax-grpc-send-msg-len = 10485760").unwrap();
+        assert_eq!(c.server.max_grpc_send_msg_len, ReadableSize::mb(10));
+    }
+
+    #[test]
+    fn defaults_match_tikv() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.grpc_raft_conn_num, 1);
+        assert_eq!(c.raft_client_queue_size, 8192);
+        assert_eq!(c.raft_client_max_backoff, ReadableDuration::secs(5));
+        assert_eq!(c.raft_client_initial_reconnect_backoff, ReadableDuration::secs(1));
+        assert_eq!(c.raft_msg_max_batch_size, 128);
+        assert_eq!(c.max_grpc_send_msg_len, ReadableSize::mb(10));
+        assert_eq!(c.raft_client_not_found_max_backoff, ReadableDuration::secs(60));
+        assert_eq!(c.raft_client_not_found_log_interval, ReadableDuration::secs(60));
+    }
+
+    #[test]
+    fn invalid_values_rejected() {
+        let cases: Vec<(&str, &str)> = vec![
+            ("grpc-raft-conn-num = 0", "grpc-raft-conn-num"),
+            ("raft-client-queue-size = 0", "raft-client-queue-size"),
+            ("grpc-raft-conn-num = 8\nraft-client-queue-size = 4", "at least grpc-raft-conn-num"),
+            (
+                "raft-client-max-backoff = \"100ms\"\nraft-client-initial-reconnect-backoff = \"1s\"",
+                "raft-client-max-backoff",
+            ),
+            ("raft-client-initial-reconnect-backoff = \"0s\"", "must be positive"),
+            ("raft-client-not-found-max-backoff = \"10ms\"", "raft-client-not-found-max-backoff"),
+            ("raft-msg-max-batch-size = 0", "raft-msg-max-batch-size"),
+            ("max-grpc-send-msg-len = 0", "max-grpc-send-msg-len"),
+            ("max-grpc-send-msg-len = \"4GiB\"", "max-grpc-send-msg-len"),
+        ];
+        for (body, needle) in cases {
+            let c: TikvConfig = toml::from_str(&format!("[server]\n{}", body)).unwrap();
+            let e = c.server.validate().unwrap_err();
+            assert!(e.0.contains(needle), "{}: {}", body, e);
+        }
+        // Values that do not parse at all are rejected by the parser.
+        for body in [
+            "raft-client-max-backoff = \"5 parsecs\"",
+            "grpc-raft-conn-num = -1",
+            "max-grpc-send-msg-len = \"10XB\"",
+        ] {
+            assert!(
+                toml::from_str::<TikvConfig>(&format!("[server]\n{}", body)).is_err(),
+                "{}",
+                body
+            );
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! Metrics of the resolver and the raft client, named like TiKV's.
+
+use lazy_static::lazy_static;
+use prometheus::*;
+
+lazy_static! {
+    /// Resolutions by outcome: success, failed, tombstone, not_found.
+    pub static ref RESOLVE_STORE_COUNTER: IntCounterVec = register_int_counter_vec!(
+        "tikv_server_resolve_store_total",
+        "Total number of resolving store",
+        &["type"]
+    )
+    .unwrap();
+    /// Time from `resolve` to the callback.
+    pub static ref ADDRESS_RESOLVE_HISTOGRAM: Histogram = register_histogram!(
+        "tikv_server_address_resolve_duration_secs",
+        "Duration of resolving store address",
+        exponential_buckets(0.0001, 2.0, 20).unwrap()
+    )
+    .unwrap();
+    /// PD calls the resolver made (after single flight and caching).
+    pub static ref RESOLVE_PD_CALL_COUNTER: IntCounter = register_int_counter!(
+        "tikv_server_resolve_pd_get_store_total",
+        "Total number of GetStore calls made by the store resolver"
+    )
+    .unwrap();
+    /// Raft message batches flushed to the wire, by kind.
+    pub static ref RAFT_MESSAGE_FLUSH_COUNTER: IntCounterVec = register_int_counter_vec!(
+        "tikv_server_raft_message_flush_total",
+        "Total number of raft messages flushed immediately",
+        &["reason"]
+    )
+    .unwrap();
+    /// Messages reported unreachable, by reason and store.
+    pub static ref REPORT_FAILURE_MSG_COUNTER: IntCounterVec = register_int_counter_vec!(
+        "tikv_server_report_failure_msg_total",
+        "Total number of reporting failure messages",
+        &["reason", "store_id"]
+    )
+    .unwrap();
+    /// Connection attempts and their outcome: connect, connected, failed.
+    pub static ref RAFT_CLIENT_CONNECTION_COUNTER: IntCounterVec = register_int_counter_vec!(
+        "tikv_server_raft_client_connection_total",
+        "Total number of raft client connection events",
+        &["type"]
+    )
+    .unwrap();
+    /// Resolve attempts made by the raft client, by verdict.
+    pub static ref RAFT_CLIENT_RESOLVE_COUNTER: IntCounterVec = register_int_counter_vec!(
+        "tikv_server_raft_client_resolve_total",
+        "Total number of raft client resolve attempts by verdict",
+        &["verdict"]
+    )
+    .unwrap();
+    /// Stores in the raft client's tombstone set.
+    pub static ref RAFT_CLIENT_TOMBSTONE_STORES: IntGauge = register_int_gauge!(
+        "tikv_server_raft_client_tombstone_stores",
+        "Number of stores the raft client treats as tombstone"
+    )
+    .unwrap();
+    /// Stores in a not-found episode.
+    pub static ref RAFT_CLIENT_NOT_FOUND_STORES: IntGauge = register_int_gauge!(
+        "tikv_server_raft_client_not_found_stores",
+        "Number of stores the raft client is waiting on after a not-found answer"
+    )
+    .unwrap();
+    /// Messages received by the raft service.
+    pub static ref RAFT_SERVICE_RECV_COUNTER: IntCounterVec = register_int_counter_vec!(
+        "tikv_server_raft_message_recv_total",
+        "Total number of raft messages received",
+        &["type"]
+    )
+    .unwrap();
+}
+
+/// Renders every registered metric in Prometheus text format.
+pub fn dump() -> String {
+    let mut buf = Vec::new();
+    let enc = TextEncoder::new();
+    let _ = enc.encode(&prometheus::gather(), &mut buf);
+    String::from_utf8(buf).unwrap_or_default()
+}

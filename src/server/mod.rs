@@ -1,0 +1,16 @@
+//! `tikv::server`: the transport side of a TiKV node.
+
+pub mod config;
+pub mod metrics;
+pub mod raft_client;
+pub mod raft_extension;
+pub mod resolve;
+pub mod server;
+pub mod service;
+
+pub use self::config::Config;
+pub use self::raft_client::{ConnectionBuilder, DiscardReason, RaftClient};
+pub use self::raft_extension::{FakeExtension, RaftExtension, RecordingExtension};
+pub use self::resolve::{PdStoreAddrResolver, StoreAddrResolver};
+pub use self::server::Server;
+pub use self::service::Service;

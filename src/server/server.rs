@@ -1,0 +1,54 @@
+//! A gRPC server serving the raft service on one address.
+
+use std::sync::Arc;
+
+use grpcio::{Environment, Server as GrpcServer, ServerBuilder, ServerCredentials};
+
+use super::raft_extension::RaftExtension;
+use super::service::Service;
+
+/// A started raft server.
+pub struct Server {
+    server: Option<GrpcServer>,
+    addr: String,
+}
+
+impl Server {
+    /// Binds `addr` (`host:port`, port 0 picks a free one) and serves `svc`.
+    pub fn start<E: RaftExtension>(
+        env: Arc<Environment>,
+        addr: &str,
+        svc: Service<E>,
+    ) -> Result<Server, grpcio::Error> {
+        let (host, _) = addr
+            .rsplit_once(':')
+            .ok_or_else(|| grpcio::Error::BindFail(std::ffi::CString::new(addr).unwrap_or_default()))?;
+        let mut server = ServerBuilder::new(env)
+            .register_service(kvproto::tikvpb::create_tikv(svc))
+            .build()?;
+        let port = server.add_listening_port(addr, ServerCredentials::insecure())?;
+        server.start();
+        Ok(Server {
+            server: Some(server),
+            addr: format!("{}:{}", host, port),
+        })
+    }
+
+    /// The bound address, `host:port`.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Stops serving; open streams are cancelled.
+    pub fn stop(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            let _ = futures::executor::block_on(s.shutdown());
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

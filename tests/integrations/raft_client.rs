@@ -1,0 +1,1 @@
+//! Raft client tests (filled in by the raft client change).
