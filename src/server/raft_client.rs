@@ -61,6 +61,19 @@ struct Queue {
     dirty: AtomicBool,
 }
 
+/// Bytes `msg` takes as a `msgs` entry of a `BatchRaftMessage`: tag,
+/// length varint and body.
+fn encoded_len_in_batch(msg: &RaftMessage) -> usize {
+    let body = msg.compute_size() as usize;
+    let mut varint = 1;
+    let mut v = body >> 7;
+    while v > 0 {
+        varint += 1;
+        v >>= 7;
+    }
+    1 + varint + body
+}
+
 enum Event {
     Messages,
     Interrupted,
@@ -126,19 +139,21 @@ impl Queue {
         self.inner.lock().unwrap().buf.drain(..).collect()
     }
 
-    fn take_batch(&self, max_n: usize, max_bytes: usize) -> Vec<(RaftMessage, usize)> {
+    /// Takes up to `max_n` messages whose encoding inside a
+    /// `BatchRaftMessage` fits in `max_bytes` (a single larger message is
+    /// still taken alone, so nothing is stuck).
+    fn take_batch(&self, max_n: usize, max_bytes: usize) -> Vec<RaftMessage> {
         let mut g = self.inner.lock().unwrap();
         let mut out = Vec::new();
         let mut bytes = 0;
         while out.len() < max_n {
             let Some(front) = g.buf.front() else { break };
-            let size = front.compute_size() as usize;
+            let size = encoded_len_in_batch(front);
             if !out.is_empty() && bytes + size > max_bytes {
                 break;
             }
             bytes += size;
-            let m = g.buf.pop_front().unwrap();
-            out.push((m, size));
+            out.push(g.buf.pop_front().unwrap());
         }
         out
     }
@@ -446,6 +461,13 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
             .contains_key(&store_id)
     }
 
+    /// The store's not-found episode, if any: (attempts so far, backoff
+    /// the next not-found answer will wait).
+    pub fn not_found_episode(&self, store_id: u64) -> Option<(u64, Duration)> {
+        let pool = self.shared.pool.lock().unwrap();
+        pool.not_found.get(&store_id).map(|e| (e.attempts, e.backoff))
+    }
+
     /// Number of live connection tasks.
     pub fn connection_count(&self) -> usize {
         self.shared.pool.lock().unwrap().connections.len()
@@ -695,6 +717,23 @@ async fn run_connection<R: StoreAddrResolver + Sync, E: RaftExtension>(
     }
 }
 
+/// A message larger than a gRPC message may be can never be sent: report
+/// it unreachable instead of failing the stream over and over.
+fn drop_oversized<R: StoreAddrResolver + Sync, E: RaftExtension>(
+    shared: &Shared<R, E>,
+    store_id: u64,
+    mut msgs: Vec<RaftMessage>,
+    max_bytes: usize,
+) -> Vec<RaftMessage> {
+    if msgs.len() == 1 && encoded_len_in_batch(&msgs[0]) > max_bytes {
+        warn!(shared.logger, "raft message is larger than max-grpc-send-msg-len, dropped";
+            "store_id" => store_id, "region_id" => msgs[0].get_region_id(),
+            "size" => msgs[0].compute_size());
+        shared.report_msgs(store_id, std::mem::take(&mut msgs), "oversize");
+    }
+    msgs
+}
+
 /// Asks whether the peer implements `BatchRaft`: an empty batch on a
 /// stream closed at once is answered `Done`, or UNIMPLEMENTED.
 async fn probe_batch_raft(client: &TikvClient) -> grpcio::Result<bool> {
@@ -736,7 +775,9 @@ async fn stream<R: StoreAddrResolver + Sync, E: RaftExtension>(
         },
     };
     let max_n = shared.cfg.raft_msg_max_batch_size;
-    let max_bytes = shared.cfg.max_grpc_send_msg_len.0 as usize;
+    let limit = shared.cfg.max_grpc_send_msg_len.0 as usize;
+    // Room for the batch's own fields.
+    let max_bytes = limit.saturating_sub(16).max(1);
     if batch {
         let (mut sink, recv) = match client.batch_raft() {
             Ok(c) => c,
@@ -752,13 +793,14 @@ async fn stream<R: StoreAddrResolver + Sync, E: RaftExtension>(
                 }
             }
             let msgs = q.take_batch(max_n, max_bytes);
+            let msgs = drop_oversized(shared, store_id, msgs, max_bytes);
             if msgs.is_empty() {
                 continue;
             }
             let n = msgs.len() as u64;
             let mut b = BatchRaftMessage::default();
             let mut copies = Vec::with_capacity(msgs.len());
-            for (m, _) in msgs {
+            for m in msgs {
                 copies.push(m.clone());
                 b.mut_msgs().push(m);
             }
@@ -784,8 +826,9 @@ async fn stream<R: StoreAddrResolver + Sync, E: RaftExtension>(
                 }
             }
             let msgs = q.take_batch(max_n, max_bytes);
+            let msgs = drop_oversized(shared, store_id, msgs, max_bytes);
             let total = msgs.len();
-            let mut iter = msgs.into_iter().map(|(m, _)| m).enumerate();
+            let mut iter = msgs.into_iter().enumerate();
             while let Some((i, m)) = iter.next() {
                 let flags = WriteFlags::default().buffer_hint(i + 1 < total);
                 let copy = m.clone();

@@ -42,7 +42,10 @@ impl Server {
     /// Stops serving; open streams are cancelled.
     pub fn stop(&mut self) {
         if let Some(mut s) = self.server.take() {
-            let _ = futures::executor::block_on(s.shutdown());
+            // Open streams never end by themselves: cancel them, then wait.
+            let f = s.shutdown();
+            s.cancel_all_calls();
+            let _ = futures::executor::block_on(f);
         }
     }
 }

@@ -1,1 +1,361 @@
-//! Raft client tests (filled in by the raft client change).
+//! The raft client against our raft service over real gRPC, resolving
+//! through test_pd.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use slog::Level;
+use test_pd::{Fault, Method, Server as PdServer};
+use tikv::server::{Config, DiscardReason};
+use tikv_util::config::{ReadableDuration, ReadableSize};
+use tikv_util::logger::LogCapture;
+
+use super::util::*;
+
+const T: Duration = Duration::from_secs(20);
+
+#[test]
+fn delivers_in_batches() {
+    let pd = PdServer::single();
+    let node = Node::start(2, "127.0.0.1:0", |s| s);
+    pd.add_store(2, &node.addr());
+    let log = LogCapture::new();
+    let (_w, mut c, _) = raft_client(&pd, 1, fast_cfg(), &log);
+    for i in 0..300 {
+        c.send(msg(i, 1, 2)).unwrap();
+    }
+    c.flush();
+    wait_until(T, "300 messages fed", || node.ext.fed_count() == 300);
+    assert!(node.svc.batches() >= 3, "{} batches", node.svc.batches());
+    assert!(node.svc.batches() < 300, "messages were batched");
+    assert!(node.svc.max_batch() <= 128);
+    // Order is kept within a connection.
+    let regions: Vec<u64> = node.ext.with(|r| r.fed.iter().map(|m| m.get_region_id()).collect());
+    assert_eq!(regions, (0..300).collect::<Vec<_>>());
+    let s = assert_balanced(&c);
+    assert_eq!(s.delivered, 300);
+}
+
+#[test]
+fn batches_respect_max_grpc_send_msg_len() {
+    let pd = PdServer::single();
+    let node = Node::start(2, "127.0.0.1:0", |s| s);
+    pd.add_store(2, &node.addr());
+    let cfg = Config {
+        max_grpc_send_msg_len: ReadableSize(2048),
+        ..fast_cfg()
+    };
+    let (_w, mut c, _) = raft_client(&pd, 1, cfg, &LogCapture::new());
+    for i in 0..40 {
+        let mut m = msg(i, 1, 2);
+        m.mut_message().mut_entries().push(Default::default());
+        m.mut_message().mut_entries()[0].set_data(vec![7u8; 300].into());
+        c.send(m).unwrap();
+    }
+    // One message larger than a gRPC message can be: reported, not stuck.
+    let mut big = msg(99, 1, 2);
+    big.mut_message().mut_entries().push(Default::default());
+    big.mut_message().mut_entries()[0].set_data(vec![7u8; 4096].into());
+    c.send(big).unwrap();
+    c.flush();
+    wait_until(T, "40 messages fed", || node.ext.fed_count() == 40);
+    assert!(node.svc.max_batch() <= 6, "max batch {}", node.svc.max_batch());
+    let s = assert_balanced(&c);
+    assert_eq!((s.delivered, s.reported_unreachable), (40, 1));
+}
+
+#[test]
+fn falls_back_to_raft_when_batch_raft_is_unimplemented() {
+    let pd = PdServer::single();
+    let node = Node::start(2, "127.0.0.1:0", |s| s.without_batch_raft());
+    pd.add_store(2, &node.addr());
+    let (_w, mut c, _) = raft_client(&pd, 1, fast_cfg(), &LogCapture::new());
+    for i in 0..50 {
+        c.send(msg(i, 1, 2)).unwrap();
+    }
+    c.flush();
+    wait_until(T, "50 messages fed over Raft", || node.ext.fed_count() == 50);
+    assert_eq!(node.svc.batches(), 0);
+    let s = assert_balanced(&c);
+    assert_eq!(s.delivered, 50);
+    assert_eq!(s.reported_unreachable, 0, "nothing lost to the probe");
+}
+
+/// Sends one message per call until `node` has fed `want` messages.
+fn pump(c: &mut Client, node: &Node, from: u64, want: usize) {
+    let deadline = Instant::now() + T;
+    let mut region = 10_000;
+    while node.ext.fed_count() < want {
+        assert!(Instant::now() < deadline, "store {} never got messages", node.store_id);
+        region += 1;
+        let _ = c.send(msg(region, from, node.store_id));
+        c.flush();
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn reconnects_after_peer_restart_on_same_address() {
+    let pd = PdServer::single();
+    let mut node = Node::start(2, "127.0.0.1:0", |s| s);
+    let addr = node.addr();
+    pd.add_store(2, &addr);
+    let (_w, mut c, ext) = raft_client(&pd, 1, fast_cfg(), &LogCapture::new());
+    pump(&mut c, &node, 1, 1);
+    node.server.stop();
+    let node2 = Node::start(2, &addr, |s| s);
+    pump(&mut c, &node2, 1, 1);
+    let s = assert_balanced(&c);
+    assert!(s.delivered >= 2);
+    let _ = ext;
+}
+
+#[test]
+fn reconnects_to_new_address_from_pd() {
+    let pd = PdServer::single();
+    let mut node = Node::start(2, "127.0.0.1:0", |s| s);
+    pd.add_store(2, &node.addr());
+    let (_w, mut c, ext) = raft_client(&pd, 1, fast_cfg(), &LogCapture::new());
+    pump(&mut c, &node, 1, 1);
+    node.server.stop();
+    let moved = Node::start(2, "127.0.0.1:0", |s| s);
+    pd.set_store_address(2, &moved.addr());
+    pump(&mut c, &moved, 1, 1);
+    assert!(ext.store_unreachable_count(2) >= 1, "the broken connection was reported");
+    assert_balanced(&c);
+}
+
+#[test]
+fn full_queue_refuses_with_full() {
+    let pd = PdServer::single();
+    pd.add_store(2, "127.0.0.1:20999");
+    // Resolution of store 2 never completes, so nothing drains the queue.
+    pd.set_store_fault(Method::GetStore, 2, Fault::Drop);
+    let cfg = Config {
+        raft_client_queue_size: 4,
+        ..fast_cfg()
+    };
+    let (_w, mut c, ext) = raft_client(&pd, 1, cfg, &LogCapture::new());
+    for i in 0..4 {
+        c.send(msg(i, 1, 2)).unwrap();
+    }
+    assert_eq!(c.send(msg(4, 1, 2)), Err(DiscardReason::Full));
+    assert_eq!(c.send(msg(0, 1, 0)), Err(DiscardReason::Filtered));
+    c.stop();
+    assert_eq!(c.send(msg(5, 1, 2)), Err(DiscardReason::Disconnected));
+    let s = assert_balanced(&c);
+    assert_eq!((s.sent, s.refused, s.reported_unreachable), (7, 3, 4));
+    assert_eq!(ext.unreachable_count(), 4);
+    pd.clear_faults();
+}
+
+#[test]
+fn tombstone_stops_reconnecting_for_good() {
+    for conn_num in [1usize, 4] {
+        let pd = PdServer::single();
+        pd.add_store(6365, "127.0.0.1:20999");
+        pd.bury(6365);
+        let log = LogCapture::new();
+        let cfg = Config {
+            grpc_raft_conn_num: conn_num,
+            ..fast_cfg()
+        };
+        let (_w, mut c, ext) = raft_client(&pd, 1, cfg, &log);
+        for region in 0..8 {
+            c.send(msg(region, 1, 6365)).unwrap();
+        }
+        c.flush();
+        wait_until(T, "tombstone verdict", || c.is_tombstone(6365));
+        wait_until(T, "connections closed", || c.connection_count() == 0);
+        let calls = pd.get_store_count(6365);
+        assert_eq!(calls, 1, "one resolution, whatever the connection count ({})", conn_num);
+        for region in 0..100 {
+            assert_eq!(c.send(msg(region, 1, 6365)), Err(DiscardReason::Disconnected));
+        }
+        // Another clone shares the tombstone set.
+        let mut c2 = c.clone();
+        assert_eq!(c2.send(msg(1, 1, 6365)), Err(DiscardReason::Disconnected));
+        assert_eq!(pd.get_store_count(6365), calls, "no PD call after the verdict");
+        assert_eq!(c.connection_count(), 0, "no connection task after the verdict");
+        assert_eq!(log.count(Level::Error, "tombstone", Some(6365)), 1);
+        let s = assert_balanced(&c);
+        assert_eq!(s.refused, 101);
+        assert_eq!(s.reported_unreachable, 8);
+        assert_eq!(ext.unreachable_count(), 8);
+    }
+}
+
+#[test]
+fn removed_store_backs_off_doubling_to_the_cap() {
+    let pd = PdServer::single();
+    let log = LogCapture::new();
+    let cfg = fast_cfg(); // 50ms doubling to 400ms
+    let (_w, mut c, ext) = raft_client(&pd, 1, cfg, &log);
+    let start = Instant::now();
+    c.send(msg(1, 1, 9)).unwrap();
+    c.flush();
+    // Attempts at 0, 50, 150, 350, 750, 1150 ms at the earliest.
+    wait_until(T, "6 GetStore calls", || pd.get_store_count(9) >= 6);
+    let elapsed = start.elapsed();
+    assert!(elapsed >= Duration::from_millis(1150), "retried too fast: {:?}", elapsed);
+    let (attempts, backoff) = c.not_found_episode(9).expect("in a not-found episode");
+    assert!(attempts >= 5);
+    assert_eq!(backoff, Duration::from_millis(400), "backoff capped");
+    assert!(!c.is_tombstone(9), "not-found is never a tombstone");
+    // Logged once at warn (interval 1h), however many attempts.
+    assert_eq!(log.count(Level::Warning, "not found", Some(9)), 1);
+    // Messages sent meanwhile are reported, not held.
+    c.send(msg(2, 1, 9)).unwrap();
+    c.flush();
+    let s = assert_balanced(&c);
+    assert_eq!(s.reported_unreachable, 2);
+    assert!(ext.maybe_tombstone_count(9) >= 5);
+}
+
+#[test]
+fn not_found_warnings_are_throttled_per_interval() {
+    let pd = PdServer::single();
+    let log = LogCapture::new();
+    let cfg = Config {
+        raft_client_not_found_log_interval: ReadableDuration::millis(300),
+        raft_client_not_found_max_backoff: ReadableDuration::millis(50),
+        ..fast_cfg()
+    };
+    let (_w, mut c, _) = raft_client(&pd, 1, cfg, &log);
+    let start = Instant::now();
+    c.send(msg(1, 1, 9)).unwrap();
+    c.flush();
+    wait_until(T, "20 attempts", || pd.get_store_count(9) >= 20);
+    let elapsed = start.elapsed();
+    let warns = log.count(Level::Warning, "not found", Some(9));
+    // At most one at once plus one per full interval elapsed.
+    let bound = 1 + (elapsed.as_millis() / 300) as usize + 1;
+    assert!(warns >= 1 && warns <= bound, "{} warnings in {:?}", warns, elapsed);
+    assert!(warns < 20, "not one warning per attempt");
+}
+
+#[test]
+fn cold_start_store_registered_later_recovers() {
+    let pd = PdServer::single();
+    let node = Node::start(3, "127.0.0.1:0", |s| s);
+    let (_w, mut c, _) = raft_client(&pd, 1, fast_cfg(), &LogCapture::new());
+    c.send(msg(1, 1, 3)).unwrap();
+    c.flush();
+    wait_until(T, "not-found episode", || c.not_found_episode(3).is_some());
+    pd.add_store(3, &node.addr());
+    pump(&mut c, &node, 1, 1);
+    wait_until(T, "episode over", || c.not_found_episode(3).is_none());
+    assert!(!c.is_tombstone(3));
+    assert_balanced(&c);
+}
+
+#[test]
+fn message_from_store_ends_not_found_wait_at_once() {
+    let pd = PdServer::single();
+    // Backoffs of an hour: only evidence of life can end the wait in time.
+    let slow = Config {
+        raft_client_initial_reconnect_backoff: ReadableDuration::secs(3600),
+        raft_client_max_backoff: ReadableDuration::secs(3600),
+        raft_client_not_found_max_backoff: ReadableDuration::secs(3600),
+        store_not_found_cache_ttl: ReadableDuration::secs(3600),
+        ..fast_cfg()
+    };
+    let log = LogCapture::new();
+    let (_w1, c1, _) = raft_client(&pd, 1, slow, &log);
+    let alive_client = c1.clone();
+    let node1 = Node::start(1, "127.0.0.1:0", |s| {
+        s.with_store_alive_hook(Arc::new(move |store| alive_client.notify_store_alive(store)))
+    });
+    pd.add_store(1, &node1.addr());
+    let mut c1 = c1;
+    c1.send(msg(1, 1, 3)).unwrap();
+    c1.flush();
+    wait_until(T, "store 3 in a not-found episode", || c1.not_found_episode(3).is_some());
+    let calls = pd.get_store_count(3);
+
+    // Store 3 comes up, registers, and talks to store 1 first.
+    let node3 = Node::start(3, "127.0.0.1:0", |s| s);
+    pd.add_store(3, &node3.addr());
+    let (_w3, mut c3, _) = raft_client(&pd, 3, fast_cfg(), &LogCapture::new());
+    c3.send(msg(1, 3, 1)).unwrap();
+    c3.flush();
+    wait_until(T, "store 1 hears from store 3", || node1.ext.fed_count() == 1);
+
+    // Store 1's wait ends at once: it reaches store 3 long before the hour.
+    pump(&mut c1, &node3, 1, 1);
+    assert!(pd.get_store_count(3) > calls);
+    assert!(c1.not_found_episode(3).is_none());
+    assert_balanced(&c1);
+    assert_balanced(&c3);
+}
+
+#[test]
+fn many_connections_to_removed_store_share_one_pd_call_per_step() {
+    let pd = PdServer::single();
+    let cfg = Config {
+        grpc_raft_conn_num: 4,
+        raft_client_initial_reconnect_backoff: ReadableDuration::millis(100),
+        raft_client_max_backoff: ReadableDuration::millis(200),
+        raft_client_not_found_max_backoff: ReadableDuration::millis(200),
+        ..fast_cfg()
+    };
+    let (_w, mut c, _) = raft_client(&pd, 1, cfg, &LogCapture::new());
+    for region in 0..4 {
+        c.send(msg(region, 1, 9)).unwrap();
+    }
+    c.flush();
+    wait_until(T, "4 connections", || c.connection_count() == 4);
+    wait_until(T, "6 backoff steps", || {
+        c.not_found_episode(9).map_or(false, |(a, _)| a >= 6)
+    });
+    let before = c.not_found_episode(9).unwrap().0;
+    let calls = pd.get_store_count(9);
+    let after = c.not_found_episode(9).unwrap().0;
+    c.stop();
+    // One call per step (plus one in flight when sampled), not four.
+    assert!(
+        calls >= before && calls <= after + 1,
+        "{} PD calls for {}..{} backoff steps",
+        calls,
+        before,
+        after
+    );
+    assert_balanced(&c);
+}
+
+#[test]
+fn service_rejects_messages_for_another_store() {
+    let pd = PdServer::single();
+    let node = Node::start(2, "127.0.0.1:0", |s| s);
+    // PD points store 5 at store 2's service (a stale or wrong address).
+    pd.add_store(5, &node.addr());
+    pd.add_store(2, &node.addr());
+    let (_w, mut c, _) = raft_client(&pd, 1, fast_cfg(), &LogCapture::new());
+    c.send(msg(1, 1, 5)).unwrap();
+    c.send(msg(2, 1, 2)).unwrap();
+    c.flush();
+    wait_until(T, "one message fed", || node.ext.fed_count() == 1);
+    wait_until(T, "one message rejected", || node.svc.rejected() == 1);
+    assert_eq!(node.ext.with(|r| r.fed[0].get_region_id()), 2);
+    assert_balanced(&c);
+}
+
+#[test]
+fn other_resolve_errors_retry_at_max_backoff() {
+    let pd = PdServer::single();
+    let mut s = kvproto::metapb::Store::default();
+    s.set_id(4);
+    s.set_address("".into());
+    pd.put_store(s);
+    let log = LogCapture::new();
+    let (_w, mut c, _) = raft_client(&pd, 1, fast_cfg(), &log); // max backoff 200ms
+    let start = Instant::now();
+    c.send(msg(1, 1, 4)).unwrap();
+    c.flush();
+    wait_until(T, "4 attempts", || pd.get_store_count(4) >= 4);
+    assert!(start.elapsed() >= Duration::from_millis(600));
+    assert!(c.not_found_episode(4).is_none());
+    assert!(!c.is_tombstone(4));
+    assert_eq!(log.count(Level::Warning, "resolve store address failed", Some(4)), 1);
+    assert_balanced(&c);
+}

@@ -134,7 +134,9 @@ impl Server {
     pub fn stop_member(&self, idx: usize) {
         let server = self.members.lock().unwrap()[idx].server.take();
         if let Some(mut s) = server {
-            let _ = futures::executor::block_on(s.shutdown());
+            let f = s.shutdown();
+            s.cancel_all_calls();
+            let _ = futures::executor::block_on(f);
         }
     }
 

@@ -26,6 +26,8 @@ struct Inner<E> {
     batch_enabled: bool,
     received: AtomicU64,
     rejected: AtomicU64,
+    batches: AtomicU64,
+    max_batch: AtomicU64,
     logger: Logger,
 }
 
@@ -53,6 +55,8 @@ impl<E: RaftExtension> Service<E> {
                 batch_enabled: true,
                 received: AtomicU64::new(0),
                 rejected: AtomicU64::new(0),
+                batches: AtomicU64::new(0),
+                max_batch: AtomicU64::new(0),
                 logger: tikv_util::logger::discard(),
             }),
         }
@@ -85,6 +89,16 @@ impl<E: RaftExtension> Service<E> {
     /// Messages handed to the router.
     pub fn received(&self) -> u64 {
         self.inner.received.load(Ordering::SeqCst)
+    }
+
+    /// Non-empty `BatchRaft` batches received.
+    pub fn batches(&self) -> u64 {
+        self.inner.batches.load(Ordering::SeqCst)
+    }
+
+    /// The largest `BatchRaft` batch received, in messages.
+    pub fn max_batch(&self) -> u64 {
+        self.inner.max_batch.load(Ordering::SeqCst)
     }
 
     /// Messages rejected because they were for another store.
@@ -162,6 +176,11 @@ impl<E: RaftExtension> Tikv for Service<E> {
         let f = async move {
             let res = async {
                 while let Some(mut batch) = stream.try_next().await? {
+                    let n = batch.get_msgs().len() as u64;
+                    if n > 0 {
+                        inner.batches.fetch_add(1, Ordering::SeqCst);
+                        inner.max_batch.fetch_max(n, Ordering::SeqCst);
+                    }
                     for msg in batch.take_msgs().into_iter() {
                         inner.handle(msg);
                     }
