@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs the system tools the build needs when they are missing:
+# cmake (grpcio-sys builds gRPC's C core) and protoc (kvproto codegen).
+set -euo pipefail
+
+missing=()
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+command -v c++ >/dev/null 2>&1 || missing+=(g++)
+command -v make >/dev/null 2>&1 || missing+=(make)
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup: missing ${missing[*]}; install them (e.g. sudo apt-get install -y ${missing[*]}) and re-run" >&2
+  exit 1
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "setup: missing ${missing[*]} and no apt-get here; install them with your package manager" >&2
+  exit 1
+fi
+
+echo "setup: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq "${missing[@]}" >/dev/null
+command -v cmake >/dev/null && command -v protoc >/dev/null
+echo "setup: $(cmake --version | head -n1); $(protoc --version)"
