@@ -1,1 +1,9 @@
-//! t
+//! Failpoint regression tests. Built only with `--features failpoints`
+//! (`make test` runs them). Failpoints are process-global, so every test
+//! holds a `FailScenario`, which runs them one at a time.
+
+#[path = "../integrations/util.rs"]
+#[allow(dead_code)]
+mod util;
+
+mod test_resolve;
