@@ -160,11 +160,20 @@ mod tests {
         assert_eq!(s.raft_client_queue_size, 1024);
         assert_eq!(s.queue_size_per_conn(), 256);
         assert_eq!(s.raft_client_max_backoff, ReadableDuration::secs(2));
-        assert_eq!(s.raft_client_initial_reconnect_backoff, ReadableDuration::millis(100));
+        assert_eq!(
+            s.raft_client_initial_reconnect_backoff,
+            ReadableDuration::millis(100)
+        );
         assert_eq!(s.raft_msg_max_batch_size, 64);
         assert_eq!(s.max_grpc_send_msg_len, ReadableSize::mb(1));
-        assert_eq!(s.raft_client_not_found_max_backoff, ReadableDuration::secs(30));
-        assert_eq!(s.raft_client_not_found_log_interval, ReadableDuration::secs(60));
+        assert_eq!(
+            s.raft_client_not_found_max_backoff,
+            ReadableDuration::secs(30)
+        );
+        assert_eq!(
+            s.raft_client_not_found_log_interval,
+            ReadableDuration::secs(60)
+        );
         // Unset keys keep TiKV's defaults.
         assert_eq!(s.store_not_found_cache_ttl, ReadableDuration::secs(1));
         // A plain number of bytes is accepted as TiKV's integer form.
@@ -179,11 +188,20 @@ mod tests {
         assert_eq!(c.grpc_raft_conn_num, 1);
         assert_eq!(c.raft_client_queue_size, 8192);
         assert_eq!(c.raft_client_max_backoff, ReadableDuration::secs(5));
-        assert_eq!(c.raft_client_initial_reconnect_backoff, ReadableDuration::secs(1));
+        assert_eq!(
+            c.raft_client_initial_reconnect_backoff,
+            ReadableDuration::secs(1)
+        );
         assert_eq!(c.raft_msg_max_batch_size, 128);
         assert_eq!(c.max_grpc_send_msg_len, ReadableSize::mb(10));
-        assert_eq!(c.raft_client_not_found_max_backoff, ReadableDuration::secs(60));
-        assert_eq!(c.raft_client_not_found_log_interval, ReadableDuration::secs(60));
+        assert_eq!(
+            c.raft_client_not_found_max_backoff,
+            ReadableDuration::secs(60)
+        );
+        assert_eq!(
+            c.raft_client_not_found_log_interval,
+            ReadableDuration::secs(60)
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod metrics;
 pub mod raft_client;
 pub mod raft_extension;
 pub mod resolve;
+#[allow(clippy::module_inception)] // upstream's path: src/server/server.rs
 pub mod server;
 pub mod service;
 

@@ -94,6 +94,9 @@ impl Queue {
         }
     }
 
+    // The message comes back on failure so `send` can retry it on a fresh
+    // queue without cloning on the hot path.
+    #[allow(clippy::result_large_err)]
     fn push(&self, msg: RaftMessage) -> Result<(), (DiscardReason, RaftMessage)> {
         let mut g = self.inner.lock().unwrap();
         if g.closed {
@@ -465,7 +468,9 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
     /// the next not-found answer will wait).
     pub fn not_found_episode(&self, store_id: u64) -> Option<(u64, Duration)> {
         let pool = self.shared.pool.lock().unwrap();
-        pool.not_found.get(&store_id).map(|e| (e.attempts, e.backoff))
+        pool.not_found
+            .get(&store_id)
+            .map(|e| (e.attempts, e.backoff))
     }
 
     /// Number of live connection tasks.
@@ -642,12 +647,16 @@ async fn run_connection<R: StoreAddrResolver + Sync, E: RaftExtension>(
         q.clear_interrupt();
         let addr = match resolve_addr(&shared.resolver, store_id).await {
             Ok(addr) => {
-                RAFT_CLIENT_RESOLVE_COUNTER.with_label_values(&["success"]).inc();
+                RAFT_CLIENT_RESOLVE_COUNTER
+                    .with_label_values(&["success"])
+                    .inc();
                 shared.end_not_found(store_id);
                 addr
             }
             Err(resolve::Error::StoreTombstone(_)) => {
-                RAFT_CLIENT_RESOLVE_COUNTER.with_label_values(&["tombstone"]).inc();
+                RAFT_CLIENT_RESOLVE_COUNTER
+                    .with_label_values(&["tombstone"])
+                    .inc();
                 shared.on_tombstone(store_id);
                 return;
             }
@@ -660,7 +669,9 @@ async fn run_connection<R: StoreAddrResolver + Sync, E: RaftExtension>(
                 continue;
             }
             Err(resolve::Error::Other(e)) => {
-                RAFT_CLIENT_RESOLVE_COUNTER.with_label_values(&["failed"]).inc();
+                RAFT_CLIENT_RESOLVE_COUNTER
+                    .with_label_values(&["failed"])
+                    .inc();
                 let now = Instant::now();
                 let interval = cfg.raft_client_not_found_log_interval.0;
                 if tikv_util::throttle_elapsed(&mut last_other_log, now, interval) {
@@ -679,7 +690,9 @@ async fn run_connection<R: StoreAddrResolver + Sync, E: RaftExtension>(
             batch_supported = None;
             last_addr = addr.clone();
         }
-        RAFT_CLIENT_CONNECTION_COUNTER.with_label_values(&["connect"]).inc();
+        RAFT_CLIENT_CONNECTION_COUNTER
+            .with_label_values(&["connect"])
+            .inc();
         let ch = ChannelBuilder::new(shared.env.clone())
             .keepalive_time(cfg.grpc_keepalive_time.0)
             .keepalive_timeout(cfg.grpc_keepalive_timeout.0)
@@ -691,16 +704,28 @@ async fn run_connection<R: StoreAddrResolver + Sync, E: RaftExtension>(
             .wait_for_connected(cfg.raft_client_connect_timeout.0)
             .await;
         let end = if connected {
-            RAFT_CLIENT_CONNECTION_COUNTER.with_label_values(&["connected"]).inc();
+            RAFT_CLIENT_CONNECTION_COUNTER
+                .with_label_values(&["connected"])
+                .inc();
             connect_backoff = initial;
-            stream(&shared, store_id, conn_id, &q, TikvClient::new(ch), &mut batch_supported).await
+            stream(
+                &shared,
+                store_id,
+                conn_id,
+                &q,
+                TikvClient::new(ch),
+                &mut batch_supported,
+            )
+            .await
         } else {
             StreamEnd::Failed(format!("connect to {} timed out", addr))
         };
         match end {
             StreamEnd::Closed => return,
             StreamEnd::Failed(e) => {
-                RAFT_CLIENT_CONNECTION_COUNTER.with_label_values(&["failed"]).inc();
+                RAFT_CLIENT_CONNECTION_COUNTER
+                    .with_label_values(&["failed"])
+                    .inc();
                 warn!(shared.logger, "connection to store failed, will reconnect";
                     "store_id" => store_id, "conn_id" => conn_id, "addr" => &addr, "err" => e);
                 shared.router.report_store_unreachable(store_id);
@@ -809,7 +834,9 @@ async fn stream<R: StoreAddrResolver + Sync, E: RaftExtension>(
                 return StreamEnd::Failed(format!("{:?}", e));
             }
             shared.stats.delivered.fetch_add(n, Ordering::SeqCst);
-            RAFT_MESSAGE_FLUSH_COUNTER.with_label_values(&["batch"]).inc();
+            RAFT_MESSAGE_FLUSH_COUNTER
+                .with_label_values(&["batch"])
+                .inc();
         }
     } else {
         let (mut sink, recv) = match client.raft() {
@@ -840,7 +867,9 @@ async fn stream<R: StoreAddrResolver + Sync, E: RaftExtension>(
                 }
                 shared.stats.delivered.fetch_add(1, Ordering::SeqCst);
             }
-            RAFT_MESSAGE_FLUSH_COUNTER.with_label_values(&["raft"]).inc();
+            RAFT_MESSAGE_FLUSH_COUNTER
+                .with_label_values(&["raft"])
+                .inc();
         }
     }
 }

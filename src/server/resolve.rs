@@ -99,7 +99,9 @@ impl Default for ResolverConfig {
 /// Checks that a store address is `host:port` with a usable port.
 pub fn validate_address(addr: &str) -> Result<()> {
     let bad = |why: &str| -> Result<()> {
-        Err(Error::Other(format!("invalid store address {:?}: {}", addr, why).into()))
+        Err(Error::Other(
+            format!("invalid store address {:?}: {}", addr, why).into(),
+        ))
     };
     if addr.is_empty() {
         return bad("empty");

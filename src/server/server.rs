@@ -20,9 +20,9 @@ impl Server {
         addr: &str,
         svc: Service<E>,
     ) -> Result<Server, grpcio::Error> {
-        let (host, _) = addr
-            .rsplit_once(':')
-            .ok_or_else(|| grpcio::Error::BindFail(std::ffi::CString::new(addr).unwrap_or_default()))?;
+        let (host, _) = addr.rsplit_once(':').ok_or_else(|| {
+            grpcio::Error::BindFail(std::ffi::CString::new(addr).unwrap_or_default())
+        })?;
         let mut server = ServerBuilder::new(env)
             .register_service(kvproto::tikvpb::create_tikv(svc))
             .build()?;

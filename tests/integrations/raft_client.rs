@@ -30,7 +30,9 @@ fn delivers_in_batches() {
     assert!(node.svc.batches() < 300, "messages were batched");
     assert!(node.svc.max_batch() <= 128);
     // Order is kept within a connection.
-    let regions: Vec<u64> = node.ext.with(|r| r.fed.iter().map(|m| m.get_region_id()).collect());
+    let regions: Vec<u64> = node
+        .ext
+        .with(|r| r.fed.iter().map(|m| m.get_region_id()).collect());
     assert_eq!(regions, (0..300).collect::<Vec<_>>());
     let s = assert_balanced(&c);
     assert_eq!(s.delivered, 300);
@@ -49,17 +51,21 @@ fn batches_respect_max_grpc_send_msg_len() {
     for i in 0..40 {
         let mut m = msg(i, 1, 2);
         m.mut_message().mut_entries().push(Default::default());
-        m.mut_message().mut_entries()[0].set_data(vec![7u8; 300].into());
+        m.mut_message().mut_entries()[0].set_data(vec![7u8; 300]);
         c.send(m).unwrap();
     }
     // One message larger than a gRPC message can be: reported, not stuck.
     let mut big = msg(99, 1, 2);
     big.mut_message().mut_entries().push(Default::default());
-    big.mut_message().mut_entries()[0].set_data(vec![7u8; 4096].into());
+    big.mut_message().mut_entries()[0].set_data(vec![7u8; 4096]);
     c.send(big).unwrap();
     c.flush();
     wait_until(T, "40 messages fed", || node.ext.fed_count() == 40);
-    assert!(node.svc.max_batch() <= 6, "max batch {}", node.svc.max_batch());
+    assert!(
+        node.svc.max_batch() <= 6,
+        "max batch {}",
+        node.svc.max_batch()
+    );
     let s = assert_balanced(&c);
     assert_eq!((s.delivered, s.reported_unreachable), (40, 1));
 }
@@ -74,7 +80,9 @@ fn falls_back_to_raft_when_batch_raft_is_unimplemented() {
         c.send(msg(i, 1, 2)).unwrap();
     }
     c.flush();
-    wait_until(T, "50 messages fed over Raft", || node.ext.fed_count() == 50);
+    wait_until(T, "50 messages fed over Raft", || {
+        node.ext.fed_count() == 50
+    });
     assert_eq!(node.svc.batches(), 0);
     let s = assert_balanced(&c);
     assert_eq!(s.delivered, 50);
@@ -86,7 +94,11 @@ fn pump(c: &mut Client, node: &Node, from: u64, want: usize) {
     let deadline = Instant::now() + T;
     let mut region = 10_000;
     while node.ext.fed_count() < want {
-        assert!(Instant::now() < deadline, "store {} never got messages", node.store_id);
+        assert!(
+            Instant::now() < deadline,
+            "store {} never got messages",
+            node.store_id
+        );
         region += 1;
         let _ = c.send(msg(region, from, node.store_id));
         c.flush();
@@ -121,7 +133,10 @@ fn reconnects_to_new_address_from_pd() {
     let moved = Node::start(2, "127.0.0.1:0", |s| s);
     pd.set_store_address(2, &moved.addr());
     pump(&mut c, &moved, 1, 1);
-    assert!(ext.store_unreachable_count(2) >= 1, "the broken connection was reported");
+    assert!(
+        ext.store_unreachable_count(2) >= 1,
+        "the broken connection was reported"
+    );
     assert_balanced(&c);
 }
 
@@ -168,15 +183,30 @@ fn tombstone_stops_reconnecting_for_good() {
         wait_until(T, "tombstone verdict", || c.is_tombstone(6365));
         wait_until(T, "connections closed", || c.connection_count() == 0);
         let calls = pd.get_store_count(6365);
-        assert_eq!(calls, 1, "one resolution, whatever the connection count ({})", conn_num);
+        assert_eq!(
+            calls, 1,
+            "one resolution, whatever the connection count ({})",
+            conn_num
+        );
         for region in 0..100 {
-            assert_eq!(c.send(msg(region, 1, 6365)), Err(DiscardReason::Disconnected));
+            assert_eq!(
+                c.send(msg(region, 1, 6365)),
+                Err(DiscardReason::Disconnected)
+            );
         }
         // Another clone shares the tombstone set.
         let mut c2 = c.clone();
         assert_eq!(c2.send(msg(1, 1, 6365)), Err(DiscardReason::Disconnected));
-        assert_eq!(pd.get_store_count(6365), calls, "no PD call after the verdict");
-        assert_eq!(c.connection_count(), 0, "no connection task after the verdict");
+        assert_eq!(
+            pd.get_store_count(6365),
+            calls,
+            "no PD call after the verdict"
+        );
+        assert_eq!(
+            c.connection_count(),
+            0,
+            "no connection task after the verdict"
+        );
         assert_eq!(log.count(Level::Error, "tombstone", Some(6365)), 1);
         let s = assert_balanced(&c);
         assert_eq!(s.refused, 101);
@@ -197,7 +227,11 @@ fn removed_store_backs_off_doubling_to_the_cap() {
     // Attempts at 0, 50, 150, 350, 750, 1150 ms at the earliest.
     wait_until(T, "6 GetStore calls", || pd.get_store_count(9) >= 6);
     let elapsed = start.elapsed();
-    assert!(elapsed >= Duration::from_millis(1150), "retried too fast: {:?}", elapsed);
+    assert!(
+        elapsed >= Duration::from_millis(1150),
+        "retried too fast: {:?}",
+        elapsed
+    );
     let (attempts, backoff) = c.not_found_episode(9).expect("in a not-found episode");
     assert!(attempts >= 5);
     assert_eq!(backoff, Duration::from_millis(400), "backoff capped");
@@ -230,7 +264,12 @@ fn not_found_warnings_are_throttled_per_interval() {
     let warns = log.count(Level::Warning, "not found", Some(9));
     // At most one at once plus one per full interval elapsed.
     let bound = 1 + (elapsed.as_millis() / 300) as usize + 1;
-    assert!(warns >= 1 && warns <= bound, "{} warnings in {:?}", warns, elapsed);
+    assert!(
+        warns >= 1 && warns <= bound,
+        "{} warnings in {:?}",
+        warns,
+        elapsed
+    );
     assert!(warns < 20, "not one warning per attempt");
 }
 
@@ -264,13 +303,17 @@ fn message_from_store_ends_not_found_wait_at_once() {
     let (_w1, c1, _) = raft_client(&pd, 1, slow, &log);
     let alive_client = c1.clone();
     let node1 = Node::start(1, "127.0.0.1:0", |s| {
-        s.with_store_alive_hook(Arc::new(move |store| alive_client.notify_store_alive(store)))
+        s.with_store_alive_hook(Arc::new(move |store| {
+            alive_client.notify_store_alive(store)
+        }))
     });
     pd.add_store(1, &node1.addr());
     let mut c1 = c1;
     c1.send(msg(1, 1, 3)).unwrap();
     c1.flush();
-    wait_until(T, "store 3 in a not-found episode", || c1.not_found_episode(3).is_some());
+    wait_until(T, "store 3 in a not-found episode", || {
+        c1.not_found_episode(3).is_some()
+    });
     let calls = pd.get_store_count(3);
 
     // Store 3 comes up, registers, and talks to store 1 first.
@@ -279,7 +322,9 @@ fn message_from_store_ends_not_found_wait_at_once() {
     let (_w3, mut c3, _) = raft_client(&pd, 3, fast_cfg(), &LogCapture::new());
     c3.send(msg(1, 3, 1)).unwrap();
     c3.flush();
-    wait_until(T, "store 1 hears from store 3", || node1.ext.fed_count() == 1);
+    wait_until(T, "store 1 hears from store 3", || {
+        node1.ext.fed_count() == 1
+    });
 
     // Store 1's wait ends at once: it reaches store 3 long before the hour.
     pump(&mut c1, &node3, 1, 1);
@@ -306,7 +351,7 @@ fn many_connections_to_removed_store_share_one_pd_call_per_step() {
     c.flush();
     wait_until(T, "4 connections", || c.connection_count() == 4);
     wait_until(T, "6 backoff steps", || {
-        c.not_found_episode(9).map_or(false, |(a, _)| a >= 6)
+        c.not_found_episode(9).is_some_and(|(a, _)| a >= 6)
     });
     let before = c.not_found_episode(9).unwrap().0;
     let calls = pd.get_store_count(9);
@@ -356,6 +401,9 @@ fn other_resolve_errors_retry_at_max_backoff() {
     assert!(start.elapsed() >= Duration::from_millis(600));
     assert!(c.not_found_episode(4).is_none());
     assert!(!c.is_tombstone(4));
-    assert_eq!(log.count(Level::Warning, "resolve store address failed", Some(4)), 1);
+    assert_eq!(
+        log.count(Level::Warning, "resolve store address failed", Some(4)),
+        1
+    );
     assert_balanced(&c);
 }

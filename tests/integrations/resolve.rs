@@ -36,9 +36,16 @@ fn verdicts_through_a_store_lifecycle() {
 
         assert_eq!(resolve_blocking(&r, 1, T).unwrap(), "127.0.0.1:20160");
         pd.set_offline(1);
-        assert_eq!(resolve_blocking(&r, 1, T).unwrap(), "127.0.0.1:20160", "Offline still resolves");
+        assert_eq!(
+            resolve_blocking(&r, 1, T).unwrap(),
+            "127.0.0.1:20160",
+            "Offline still resolves"
+        );
         pd.bury(1);
-        assert!(matches!(resolve_blocking(&r, 1, T), Err(Error::StoreTombstone(1))));
+        assert!(matches!(
+            resolve_blocking(&r, 1, T),
+            Err(Error::StoreTombstone(1))
+        ));
         assert_eq!(ext.maybe_tombstone_count(1), 0);
 
         // A removed-and-forgotten store: ambiguous not-found, reported.
@@ -48,7 +55,10 @@ fn verdicts_through_a_store_lifecycle() {
         pd.remove_tombstone(2);
         // The resolver learnt nothing about 2 being tombstone (it never saw
         // the Tombstone state), so PD's not-found is what it reports.
-        assert!(matches!(resolve_blocking(&r, 2, T), Err(Error::StoreNotFound(2))));
+        assert!(matches!(
+            resolve_blocking(&r, 2, T),
+            Err(Error::StoreNotFound(2))
+        ));
         assert_eq!(ext.maybe_tombstone_count(2), 1, "{:?}", shape);
     }
 }
@@ -60,14 +70,27 @@ fn tombstone_is_remembered_without_pd_calls() {
     let (_w, r) = resolver(&pd, FakeExtension, no_ttl());
     assert!(resolve_blocking(&r, 1, T).is_ok());
     pd.bury(1);
-    let before = RESOLVE_STORE_COUNTER.with_label_values(&["tombstone"]).get();
-    assert!(matches!(resolve_blocking(&r, 1, T), Err(Error::StoreTombstone(1))));
+    let before = RESOLVE_STORE_COUNTER
+        .with_label_values(&["tombstone"])
+        .get();
+    assert!(matches!(
+        resolve_blocking(&r, 1, T),
+        Err(Error::StoreTombstone(1))
+    ));
     let calls = pd.get_store_count(1);
     for _ in 0..5 {
-        assert!(matches!(resolve_blocking(&r, 1, T), Err(Error::StoreTombstone(1))));
+        assert!(matches!(
+            resolve_blocking(&r, 1, T),
+            Err(Error::StoreTombstone(1))
+        ));
     }
     assert_eq!(pd.get_store_count(1), calls, "a tombstone verdict is final");
-    assert!(RESOLVE_STORE_COUNTER.with_label_values(&["tombstone"]).get() >= before + 6);
+    assert!(
+        RESOLVE_STORE_COUNTER
+            .with_label_values(&["tombstone"])
+            .get()
+            >= before + 6
+    );
 }
 
 #[test]
@@ -78,7 +101,10 @@ fn cached_address_is_not_served_after_tombstone() {
     let (_w, r) = resolver(&pd, FakeExtension, no_ttl());
     assert!(resolve_blocking(&r, 1, T).is_ok());
     pd.bury(1);
-    assert!(matches!(resolve_blocking(&r, 1, T), Err(Error::StoreTombstone(1))));
+    assert!(matches!(
+        resolve_blocking(&r, 1, T),
+        Err(Error::StoreTombstone(1))
+    ));
 }
 
 #[test]
@@ -87,7 +113,10 @@ fn cold_start_not_registered_then_registered() {
         let pd = PdServer::new(1, shape);
         let ext = RecordingExtension::new();
         let (_w, r) = resolver(&pd, ext.clone(), no_ttl());
-        assert!(matches!(resolve_blocking(&r, 3, T), Err(Error::StoreNotFound(3))));
+        assert!(matches!(
+            resolve_blocking(&r, 3, T),
+            Err(Error::StoreNotFound(3))
+        ));
         assert_eq!(ext.maybe_tombstone_count(3), 1);
         pd.add_store(3, "127.0.0.1:20163");
         assert_eq!(resolve_blocking(&r, 3, T).unwrap(), "127.0.0.1:20163");
@@ -102,8 +131,14 @@ fn cached_not_found_expires_with_its_ttl() {
         ..Default::default()
     };
     let (_w, r) = resolver(&pd, FakeExtension, cfg);
-    assert!(matches!(resolve_blocking(&r, 4, T), Err(Error::StoreNotFound(4))));
-    assert!(matches!(resolve_blocking(&r, 4, T), Err(Error::StoreNotFound(4))));
+    assert!(matches!(
+        resolve_blocking(&r, 4, T),
+        Err(Error::StoreNotFound(4))
+    ));
+    assert!(matches!(
+        resolve_blocking(&r, 4, T),
+        Err(Error::StoreNotFound(4))
+    ));
     let first_calls = pd.get_store_count(4);
     pd.add_store(4, "127.0.0.1:20164");
     // Served from cache until the TTL passes, then PD is asked again.
@@ -122,9 +157,15 @@ fn invalidate_forgets_a_cached_not_found() {
         ..Default::default()
     };
     let (_w, r) = resolver(&pd, FakeExtension, cfg);
-    assert!(matches!(resolve_blocking(&r, 5, T), Err(Error::StoreNotFound(5))));
+    assert!(matches!(
+        resolve_blocking(&r, 5, T),
+        Err(Error::StoreNotFound(5))
+    ));
     pd.add_store(5, "127.0.0.1:20165");
-    assert!(matches!(resolve_blocking(&r, 5, T), Err(Error::StoreNotFound(5))));
+    assert!(matches!(
+        resolve_blocking(&r, 5, T),
+        Err(Error::StoreNotFound(5))
+    ));
     assert_eq!(pd.get_store_count(5), 1, "the not-found answer is cached");
     r.invalidate(5);
     assert_eq!(resolve_blocking(&r, 5, T).unwrap(), "127.0.0.1:20165");
@@ -145,7 +186,12 @@ fn peer_address_is_preferred() {
 #[test]
 fn bad_input_is_other() {
     let pd = PdServer::single();
-    for (id, addr) in [(1u64, ""), (2, "127.0.0.1"), (3, "127.0.0.1:0"), (4, "not an address")] {
+    for (id, addr) in [
+        (1u64, ""),
+        (2, "127.0.0.1"),
+        (3, "127.0.0.1:0"),
+        (4, "not an address"),
+    ] {
         let mut s = metapb::Store::default();
         s.set_id(id);
         s.set_address(addr.into());
@@ -153,7 +199,11 @@ fn bad_input_is_other() {
     }
     let (_w, r) = resolver(&pd, FakeExtension, no_ttl());
     for id in 1..=4 {
-        assert!(matches!(resolve_blocking(&r, id, T), Err(Error::Other(_))), "store {}", id);
+        assert!(
+            matches!(resolve_blocking(&r, id, T), Err(Error::Other(_))),
+            "store {}",
+            id
+        );
     }
     // Store id 0 never reaches PD.
     assert!(matches!(resolve_blocking(&r, 0, T), Err(Error::Other(_))));
@@ -169,8 +219,16 @@ fn not_found_about_something_else_is_other() {
         (8, "leader not found"),
         (9, "invalid store ID 10, not found"),
     ] {
-        pd.set_store_fault(Method::GetStore, id, Fault::Fail(RpcStatusCode::UNKNOWN, msg.into()));
-        assert!(matches!(resolve_blocking(&r, id, T), Err(Error::Other(_))), "{}", msg);
+        pd.set_store_fault(
+            Method::GetStore,
+            id,
+            Fault::Fail(RpcStatusCode::UNKNOWN, msg.into()),
+        );
+        assert!(
+            matches!(resolve_blocking(&r, id, T), Err(Error::Other(_))),
+            "{}",
+            msg
+        );
     }
 }
 
@@ -198,7 +256,10 @@ fn leader_change_during_resolution() {
     // client moves to the new leader within the same resolution.
     pd.change_leader(2);
     assert_eq!(resolve_blocking(&r, 1, T).unwrap(), "127.0.0.1:20160");
-    assert!(matches!(resolve_blocking(&r, 99, T), Err(Error::StoreNotFound(99))));
+    assert!(matches!(
+        resolve_blocking(&r, 99, T),
+        Err(Error::StoreNotFound(99))
+    ));
 }
 
 #[test]
@@ -206,13 +267,21 @@ fn single_flight_for_concurrent_resolves() {
     let pd = PdServer::single();
     // No negative cache: only single flight can merge these.
     let (_w, r) = resolver(&pd, FakeExtension, no_ttl());
-    pd.set_store_fault(Method::GetStore, 6365, Fault::Delay(Duration::from_millis(200)));
+    pd.set_store_fault(
+        Method::GetStore,
+        6365,
+        Fault::Delay(Duration::from_millis(200)),
+    );
     let results = Arc::new(Mutex::new(Vec::new()));
     for _ in 0..16 {
         let res = results.clone();
         r.resolve(
             6365,
-            Box::new(move |x| res.lock().unwrap().push(matches!(x, Err(Error::StoreNotFound(6365))))),
+            Box::new(move |x| {
+                res.lock()
+                    .unwrap()
+                    .push(matches!(x, Err(Error::StoreNotFound(6365))))
+            }),
         )
         .unwrap();
     }
@@ -230,7 +299,10 @@ fn negative_cache_merges_sequential_resolves() {
     };
     let (_w, r) = resolver(&pd, FakeExtension, cfg);
     for _ in 0..16 {
-        assert!(matches!(resolve_blocking(&r, 6365, T), Err(Error::StoreNotFound(6365))));
+        assert!(matches!(
+            resolve_blocking(&r, 6365, T),
+            Err(Error::StoreNotFound(6365))
+        ));
     }
     assert_eq!(pd.get_store_count(6365), 1);
 }
@@ -252,7 +324,8 @@ fn no_head_of_line_blocking() {
     }
     let mut c = pd_client::Config::new(pd.endpoints());
     c.request_timeout = tikv_util::config::ReadableDuration::secs(3600);
-    let client = Arc::new(pd_client::RpcClient::new(&c, None, tikv_util::logger::discard()).unwrap());
+    let client =
+        Arc::new(pd_client::RpcClient::new(&c, None, tikv_util::logger::discard()).unwrap());
     let w = tikv_util::worker::Worker::new("addr-resolver");
     let r = tikv::server::resolve::new_resolver(client, &w, FakeExtension);
 
@@ -277,8 +350,14 @@ fn no_head_of_line_blocking() {
     });
     // The healthy store resolves while 25 resolutions are still stuck.
     assert_eq!(resolve_blocking(&r, 1, T).unwrap(), "127.0.0.1:20160");
-    assert_eq!(stuck_done.load(Ordering::SeqCst), 0, "stuck resolutions are still pending");
-    wait_until(T, "the failing resolutions", || failed_done.load(Ordering::SeqCst) == 25);
+    assert_eq!(
+        stuck_done.load(Ordering::SeqCst),
+        0,
+        "stuck resolutions are still pending"
+    );
+    wait_until(T, "the failing resolutions", || {
+        failed_done.load(Ordering::SeqCst) == 25
+    });
     // Release the stuck calls before the server goes away.
     pd.clear_faults();
 }

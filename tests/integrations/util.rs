@@ -27,7 +27,8 @@ pub fn resolver<E: RaftExtension>(
     cfg: ResolverConfig,
 ) -> (Worker, PdStoreAddrResolver) {
     let w = Worker::new("addr-resolver");
-    let r = resolve::new_resolver_with(pd_client(pd), &w, router, cfg, tikv_util::logger::discard());
+    let r =
+        resolve::new_resolver_with(pd_client(pd), &w, router, cfg, tikv_util::logger::discard());
     (w, r)
 }
 
@@ -87,7 +88,11 @@ pub struct Node {
 
 impl Node {
     /// Starts a raft service for `store_id` on `addr` ("127.0.0.1:0" for any port).
-    pub fn start(store_id: u64, addr: &str, configure: impl FnOnce(Service<RecordingExtension>) -> Service<RecordingExtension>) -> Node {
+    pub fn start(
+        store_id: u64,
+        addr: &str,
+        configure: impl FnOnce(Service<RecordingExtension>) -> Service<RecordingExtension>,
+    ) -> Node {
         let ext = RecordingExtension::new();
         let svc = configure(Service::new(store_id, ext.clone()));
         let server = Server::start(env(), addr, svc.clone()).unwrap();
@@ -106,7 +111,12 @@ impl Node {
 }
 
 /// A raft client for store `self_store_id`, resolving through `pd`.
-pub fn raft_client(pd: &PdServer, self_store_id: u64, cfg: Config, log: &LogCapture) -> (Worker, Client, RecordingExtension) {
+pub fn raft_client(
+    pd: &PdServer,
+    self_store_id: u64,
+    cfg: Config,
+    log: &LogCapture,
+) -> (Worker, Client, RecordingExtension) {
     cfg.validate().unwrap();
     let ext = RecordingExtension::new();
     let rcfg = ResolverConfig {
@@ -133,8 +143,10 @@ pub fn msg(region_id: u64, from: u64, to: u64) -> RaftMessage {
 /// Waits until every message the client took is accounted for, then
 /// returns the stats.
 pub fn assert_balanced(c: &Client) -> StatsSnapshot {
-    wait_until(Duration::from_secs(20), "sent == delivered + refused + reported", || {
-        c.stats().balanced()
-    });
+    wait_until(
+        Duration::from_secs(20),
+        "sent == delivered + refused + reported",
+        || c.stats().balanced(),
+    );
     c.stats()
 }

@@ -6,7 +6,10 @@ use protobuf::Message;
 use crate::{eraftpb, metapb, pdpb, raft_serverpb, tikvpb};
 
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{:02x}", x)).collect::<Vec<_>>().join(" ")
+    b.iter()
+        .map(|x| format!("{:02x}", x))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[test]
@@ -79,7 +82,14 @@ fn raft_message_bytes() {
 #[test]
 fn grpc_method_paths() {
     let pd = include_str!(concat!(env!("OUT_DIR"), "/protos/pdpb_grpc.rs"));
-    for m in ["GetMembers", "GetStore", "PutStore", "GetAllStores", "StoreHeartbeat", "AllocID"] {
+    for m in [
+        "GetMembers",
+        "GetStore",
+        "PutStore",
+        "GetAllStores",
+        "StoreHeartbeat",
+        "AllocID",
+    ] {
         assert!(pd.contains(&format!("\"/pdpb.PD/{}\"", m)), "{}", m);
     }
     let tikv = include_str!(concat!(env!("OUT_DIR"), "/protos/tikvpb_grpc.rs"));

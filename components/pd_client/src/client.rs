@@ -159,16 +159,27 @@ impl Shared {
             if let Some(t) = l.last_try_reconnect {
                 if now.saturating_duration_since(t) < self.cfg.reconnect_interval.0 {
                     self.stats.cancel.fetch_add(1, Ordering::SeqCst);
-                    PD_RECONNECT_COUNTER_VEC.with_label_values(&["cancel"]).inc();
+                    PD_RECONNECT_COUNTER_VEC
+                        .with_label_values(&["cancel"])
+                        .inc();
                     return Err(other("cancel reconnection due to too small interval"));
                 }
             }
             l.last_try_reconnect = Some(now);
         }
         self.stats.try_connect.fetch_add(1, Ordering::SeqCst);
-        PD_RECONNECT_COUNTER_VEC.with_label_values(&["try_connect"]).inc();
+        PD_RECONNECT_COUNTER_VEC
+            .with_label_values(&["try_connect"])
+            .inc();
         let candidates = self.candidates();
-        match connect_leader(&self.env, &self.cfg, &candidates, self.cluster_id, &self.logger).await
+        match connect_leader(
+            &self.env,
+            &self.cfg,
+            &candidates,
+            self.cluster_id,
+            &self.logger,
+        )
+        .await
         {
             Ok((client, members, target)) => {
                 let mut l = self.leader.write().unwrap();
@@ -179,12 +190,16 @@ impl Shared {
                 l.members = members;
                 l.target = target;
                 self.stats.success.fetch_add(1, Ordering::SeqCst);
-                PD_RECONNECT_COUNTER_VEC.with_label_values(&["success"]).inc();
+                PD_RECONNECT_COUNTER_VEC
+                    .with_label_values(&["success"])
+                    .inc();
                 Ok(())
             }
             Err(e) => {
                 self.stats.failure.fetch_add(1, Ordering::SeqCst);
-                PD_RECONNECT_COUNTER_VEC.with_label_values(&["failure"]).inc();
+                PD_RECONNECT_COUNTER_VEC
+                    .with_label_values(&["failure"])
+                    .inc();
                 Err(e)
             }
         }
@@ -195,7 +210,7 @@ impl Shared {
     async fn request<Resp, F>(self: Arc<Self>, method: &'static str, f: F) -> Result<Resp>
     where
         Resp: Unpin,
-    F: Fn(&pdpb::PdClient, CallOption) -> grpcio::Result<ClientUnaryReceiver<Resp>>,
+        F: Fn(&pdpb::PdClient, CallOption) -> grpcio::Result<ClientUnaryReceiver<Resp>>,
     {
         let start = Instant::now();
         let mut attempt = 0;

@@ -1,7 +1,7 @@
 //! Classification of PD's answers and endpoint parsing. Pure functions, so
 //! every shape is unit-tested without a server.
 
-use grpcio::{RpcStatusCode, RpcStatus};
+use grpcio::{RpcStatus, RpcStatusCode};
 use kvproto::metapb;
 use kvproto::pdpb::{ErrorType, GetStoreResponse, ResponseHeader};
 
@@ -111,7 +111,10 @@ pub fn classify_get_store(
     };
     check_resp_header(resp.get_header(), cluster_id, Some(store_id))?;
     if !resp.has_store() {
-        return Err(other(format!("PD returned no store for store {}", store_id)));
+        return Err(other(format!(
+            "PD returned no store for store {}",
+            store_id
+        )));
     }
     let store = resp.take_store();
     if store.get_id() != store_id {
@@ -203,13 +206,24 @@ mod tests {
     fn get_store_verdict_table() {
         use metapb::StoreState::*;
         let unknown = RpcStatusCode::UNKNOWN;
-        let cases: Vec<(&str, std::result::Result<GetStoreResponse, grpcio::Error>, V)> = vec![
+        let cases: Vec<(
+            &str,
+            std::result::Result<GetStoreResponse, grpcio::Error>,
+            V,
+        )> = vec![
             ("up", Ok(store_resp(6365, Up)), V::Ok),
             ("offline", Ok(store_resp(6365, Offline)), V::Ok),
-            ("tombstone state", Ok(store_resp(6365, Tombstone)), V::Tombstone),
+            (
+                "tombstone state",
+                Ok(store_resp(6365, Tombstone)),
+                V::Tombstone,
+            ),
             (
                 "header STORE_TOMBSTONE",
-                Ok(header_err(ErrorType::STORE_TOMBSTONE, "store 6365 is tombstone")),
+                Ok(header_err(
+                    ErrorType::STORE_TOMBSTONE,
+                    "store 6365 is tombstone",
+                )),
                 V::Tombstone,
             ),
             (
@@ -219,7 +233,10 @@ mod tests {
             ),
             (
                 "new PD header UNKNOWN",
-                Ok(header_err(ErrorType::UNKNOWN, "invalid store ID 6365, not found")),
+                Ok(header_err(
+                    ErrorType::UNKNOWN,
+                    "invalid store ID 6365, not found",
+                )),
                 V::NotFound(6365),
             ),
             (
@@ -229,7 +246,10 @@ mod tests {
             ),
             (
                 "not found for another store id (header)",
-                Ok(header_err(ErrorType::UNKNOWN, "invalid store ID 7, not found")),
+                Ok(header_err(
+                    ErrorType::UNKNOWN,
+                    "invalid store ID 7, not found",
+                )),
                 V::Other,
             ),
             (
@@ -249,17 +269,26 @@ mod tests {
             ),
             (
                 "not found text with another status code",
-                Err(status(RpcStatusCode::NOT_FOUND, "invalid store ID 6365, not found")),
+                Err(status(
+                    RpcStatusCode::NOT_FOUND,
+                    "invalid store ID 6365, not found",
+                )),
                 V::Grpc,
             ),
             (
                 "prefix garbage",
-                Ok(header_err(ErrorType::UNKNOWN, "x invalid store ID 6365, not found")),
+                Ok(header_err(
+                    ErrorType::UNKNOWN,
+                    "x invalid store ID 6365, not found",
+                )),
                 V::Other,
             ),
             (
                 "suffix garbage",
-                Ok(header_err(ErrorType::UNKNOWN, "invalid store ID 6365, not found yet")),
+                Ok(header_err(
+                    ErrorType::UNKNOWN,
+                    "invalid store ID 6365, not found yet",
+                )),
                 V::Other,
             ),
             (
@@ -267,7 +296,11 @@ mod tests {
                 Ok(header_err(ErrorType::UNKNOWN, "invalid zero store id")),
                 V::Other,
             ),
-            ("unavailable", Err(status(RpcStatusCode::UNAVAILABLE, "not leader")), V::Grpc),
+            (
+                "unavailable",
+                Err(status(RpcStatusCode::UNAVAILABLE, "not leader")),
+                V::Grpc,
+            ),
             (
                 "not bootstrapped",
                 Ok(header_err(ErrorType::NOT_BOOTSTRAPPED, "not bootstrapped")),
@@ -275,11 +308,22 @@ mod tests {
             ),
             (
                 "unknown error type shape",
-                Ok(header_err(ErrorType::DATA_COMPACTED, "invalid store ID 6365, not found")),
+                Ok(header_err(
+                    ErrorType::DATA_COMPACTED,
+                    "invalid store ID 6365, not found",
+                )),
                 V::Other,
             ),
-            ("wrong store id returned", Ok(store_resp(6366, Up)), V::Other),
-            ("no store returned", Ok(GetStoreResponse::default()), V::Other),
+            (
+                "wrong store id returned",
+                Ok(store_resp(6366, Up)),
+                V::Other,
+            ),
+            (
+                "no store returned",
+                Ok(GetStoreResponse::default()),
+                V::Other,
+            ),
         ];
         for (name, resp, want) in cases {
             assert_eq!(verdict(classify_get_store(6365, 1, resp)), want, "{}", name);
@@ -295,8 +339,14 @@ mod tests {
 
     #[test]
     fn parse_not_found() {
-        assert_eq!(parse_store_not_found("invalid store ID 6365, not found"), Some(6365));
-        assert_eq!(parse_store_not_found(" invalid store ID 1, not found "), Some(1));
+        assert_eq!(
+            parse_store_not_found("invalid store ID 6365, not found"),
+            Some(6365)
+        );
+        assert_eq!(
+            parse_store_not_found(" invalid store ID 1, not found "),
+            Some(1)
+        );
         for bad in [
             "invalid store ID , not found",
             "invalid store ID -1, not found",
@@ -311,9 +361,22 @@ mod tests {
 
     #[test]
     fn endpoints() {
-        assert_eq!(normalize_endpoint("http://127.0.0.1:2379").unwrap(), "127.0.0.1:2379");
+        assert_eq!(
+            normalize_endpoint("http://127.0.0.1:2379").unwrap(),
+            "127.0.0.1:2379"
+        );
         assert_eq!(normalize_endpoint("pd-0:2379/").unwrap(), "pd-0:2379");
-        for bad in ["", "   ", "127.0.0.1", "127.0.0.1:", ":2379", "h:0", "h:99999", "http://", "a b:1"] {
+        for bad in [
+            "",
+            "   ",
+            "127.0.0.1",
+            "127.0.0.1:",
+            ":2379",
+            "h:0",
+            "h:99999",
+            "http://",
+            "a b:1",
+        ] {
             assert!(normalize_endpoint(bad).is_err(), "{:?}", bad);
         }
     }
@@ -324,7 +387,13 @@ mod tests {
         assert!(is_retryable(&status(RpcStatusCode::DEADLINE_EXCEEDED, "")));
         assert!(is_retryable(&status(RpcStatusCode::CANCELLED, "")));
         assert!(is_retryable(&status(RpcStatusCode::UNKNOWN, "not leader")));
-        assert!(!is_retryable(&status(RpcStatusCode::UNKNOWN, "invalid store ID 1, not found")));
-        assert!(!is_retryable(&status(RpcStatusCode::FAILED_PRECONDITION, "mismatch cluster id")));
+        assert!(!is_retryable(&status(
+            RpcStatusCode::UNKNOWN,
+            "invalid store ID 1, not found"
+        )));
+        assert!(!is_retryable(&status(
+            RpcStatusCode::FAILED_PRECONDITION,
+            "mismatch cluster id"
+        )));
     }
 }

@@ -77,7 +77,12 @@ fn not_found_costs_one_rpc_and_no_reconnect() {
         assert!(matches!(c.get_store(6365), Err(Error::StoreNotFound(6365))));
         assert_eq!(pd.get_store_count(6365), 1, "{:?}", shape);
         assert_eq!(c.reconnect_stats().attempts(), 0, "{:?}", shape);
-        assert_eq!(pd.method_count(Method::GetMembers), members_before, "{:?}", shape);
+        assert_eq!(
+            pd.method_count(Method::GetMembers),
+            members_before,
+            "{:?}",
+            shape
+        );
     }
 }
 
@@ -164,7 +169,12 @@ fn all_endpoints_dead_is_an_error() {
 
 #[test]
 fn malformed_endpoints_are_rejected() {
-    for eps in [vec![], vec!["".to_owned()], vec!["127.0.0.1".to_owned()], vec!["h:0".to_owned()]] {
+    for eps in [
+        vec![],
+        vec!["".to_owned()],
+        vec!["127.0.0.1".to_owned()],
+        vec!["h:0".to_owned()],
+    ] {
         let r = RpcClient::new(&cfg(eps.clone()), None, tikv_util::logger::discard());
         assert!(matches!(r, Err(Error::Other(_))), "{:?}", eps);
     }
@@ -183,7 +193,12 @@ fn follows_leader_change_mid_run() {
     // reconnects to the new leader and the request succeeds.
     assert_eq!(c.get_store(1).unwrap().get_id(), 1);
     assert_eq!(c.leader_addr(), pd.endpoints()[1]);
-    assert!(c.reconnect_stats().success.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert!(
+        c.reconnect_stats()
+            .success
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 1
+    );
 
     // The old leader goes away entirely; the next change is followed too.
     pd.stop_member(0);
@@ -208,7 +223,10 @@ fn pd_down_fails_after_bounded_retries_then_recovers() {
     // The channel leaves its reconnect backoff within about a second.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while c.get_store(1).is_err() {
-        assert!(std::time::Instant::now() < deadline, "PD client did not recover");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "PD client did not recover"
+        );
     }
 }
 
@@ -236,7 +254,10 @@ fn transport_failures_are_retried_application_answers_are_not() {
     pd.set_store_fault(
         Method::GetStore,
         3,
-        Fault::Fail(RpcStatusCode::UNKNOWN, "invalid store ID 4, not found".into()),
+        Fault::Fail(
+            RpcStatusCode::UNKNOWN,
+            "invalid store ID 4, not found".into(),
+        ),
     );
     // Not-found about another store id is not our store's verdict.
     assert!(matches!(c.get_store(3), Err(Error::Grpc(_))));
@@ -302,7 +323,10 @@ fn not_bootstrapped_is_typed() {
     let pd = Server::single();
     pd.set_bootstrapped(false);
     let c = client(&pd);
-    assert!(matches!(c.get_store(1), Err(Error::ClusterNotBootstrapped(_))));
+    assert!(matches!(
+        c.get_store(1),
+        Err(Error::ClusterNotBootstrapped(_))
+    ));
 }
 
 #[test]
@@ -311,7 +335,12 @@ fn async_get_store_runs_concurrently() {
     pd.add_store(1, "127.0.0.1:20160");
     pd.set_store_fault(Method::GetStore, 2, Fault::Delay(Duration::from_secs(30)));
     let env = Arc::new(Environment::new(1));
-    let c = RpcClient::new(&cfg(pd.endpoints()), Some(env), tikv_util::logger::discard()).unwrap();
+    let c = RpcClient::new(
+        &cfg(pd.endpoints()),
+        Some(env),
+        tikv_util::logger::discard(),
+    )
+    .unwrap();
     // The slow call is in flight while the fast one completes.
     let slow = c.get_store_async(2);
     let fast = futures::executor::block_on(c.get_store_async(1)).unwrap();

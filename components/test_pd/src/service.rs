@@ -183,7 +183,12 @@ impl Pd for PdService {
         });
     }
 
-    fn alloc_id(&mut self, ctx: RpcContext<'_>, req: AllocIDRequest, sink: UnarySink<AllocIDResponse>) {
+    fn alloc_id(
+        &mut self,
+        ctx: RpcContext<'_>,
+        req: AllocIDRequest,
+        sink: UnarySink<AllocIDResponse>,
+    ) {
         let this = self.clone();
         self.reply(&ctx, Method::AllocId, None, sink, move || {
             guarded!(this, req, AllocIDResponse);
@@ -194,7 +199,12 @@ impl Pd for PdService {
         });
     }
 
-    fn get_store(&mut self, ctx: RpcContext<'_>, req: GetStoreRequest, sink: UnarySink<GetStoreResponse>) {
+    fn get_store(
+        &mut self,
+        ctx: RpcContext<'_>,
+        req: GetStoreRequest,
+        sink: UnarySink<GetStoreResponse>,
+    ) {
         let this = self.clone();
         let id = req.get_store_id();
         self.reply(&ctx, Method::GetStore, Some(id), sink, move || {
@@ -223,7 +233,12 @@ impl Pd for PdService {
         });
     }
 
-    fn put_store(&mut self, ctx: RpcContext<'_>, mut req: PutStoreRequest, sink: UnarySink<PutStoreResponse>) {
+    fn put_store(
+        &mut self,
+        ctx: RpcContext<'_>,
+        mut req: PutStoreRequest,
+        sink: UnarySink<PutStoreResponse>,
+    ) {
         let this = self.clone();
         let id = req.get_store().get_id();
         self.reply(&ctx, Method::PutStore, Some(id), sink, move || {

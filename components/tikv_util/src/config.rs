@@ -58,13 +58,13 @@ impl fmt::Display for ReadableSize {
         let b = self.0;
         if b == 0 {
             write!(f, "0KiB")
-        } else if b % TIB == 0 {
+        } else if b.is_multiple_of(TIB) {
             write!(f, "{}TiB", b / TIB)
-        } else if b % GIB == 0 {
+        } else if b.is_multiple_of(GIB) {
             write!(f, "{}GiB", b / GIB)
-        } else if b % MIB == 0 {
+        } else if b.is_multiple_of(MIB) {
             write!(f, "{}MiB", b / MIB)
-        } else if b % KIB == 0 {
+        } else if b.is_multiple_of(KIB) {
             write!(f, "{}KiB", b / KIB)
         } else {
             write!(f, "{}B", b)
@@ -90,7 +90,12 @@ impl FromStr for ReadableSize {
             "M" | "MB" | "MiB" => MIB,
             "G" | "GB" | "GiB" => GIB,
             "T" | "TB" | "TiB" => TIB,
-            _ => return Err(parse_err(s, "unknown size unit (use B, KiB, MiB, GiB, TiB)")),
+            _ => {
+                return Err(parse_err(
+                    s,
+                    "unknown size unit (use B, KiB, MiB, GiB, TiB)",
+                ))
+            }
         };
         let n: f64 = num
             .parse()

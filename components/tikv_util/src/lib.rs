@@ -35,8 +35,20 @@ mod tests {
         let t0 = Instant::now();
         let iv = Duration::from_secs(10);
         assert!(super::throttle_elapsed(&mut last, t0, iv));
-        assert!(!super::throttle_elapsed(&mut last, t0 + Duration::from_secs(9), iv));
-        assert!(super::throttle_elapsed(&mut last, t0 + Duration::from_secs(10), iv));
-        assert!(!super::throttle_elapsed(&mut last, t0 + Duration::from_secs(11), iv));
+        assert!(!super::throttle_elapsed(
+            &mut last,
+            t0 + Duration::from_secs(9),
+            iv
+        ));
+        assert!(super::throttle_elapsed(
+            &mut last,
+            t0 + Duration::from_secs(10),
+            iv
+        ));
+        assert!(!super::throttle_elapsed(
+            &mut last,
+            t0 + Duration::from_secs(11),
+            iv
+        ));
     }
 }

@@ -51,10 +51,13 @@ impl<T: Display + Send + 'static> Scheduler<T> {
     }
 }
 
+/// Asks one worker thread to stop.
+type StopFn = Box<dyn Fn() + Send>;
+
 /// A named worker: threads started with [`Worker::start`] stop with it.
 pub struct Worker {
     name: String,
-    handles: Mutex<Vec<(Box<dyn Fn() + Send>, JoinHandle<()>)>>,
+    handles: Mutex<Vec<(StopFn, JoinHandle<()>)>>,
 }
 
 impl Worker {
@@ -79,7 +82,7 @@ impl Worker {
             })
             .expect("spawn worker thread");
         let stop_tx = tx.clone();
-        let stop: Box<dyn Fn() + Send> = Box::new(move || {
+        let stop: StopFn = Box::new(move || {
             let _ = stop_tx.send(Msg::Stop);
         });
         self.handles.lock().unwrap().push((stop, handle));

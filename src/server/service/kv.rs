@@ -5,9 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::{FutureExt, TryStreamExt};
-use grpcio::{
-    ClientStreamingSink, RequestStream, RpcContext, RpcStatus, RpcStatusCode,
-};
+use grpcio::{ClientStreamingSink, RequestStream, RpcContext, RpcStatus, RpcStatusCode};
 use kvproto::raft_serverpb::{Done, RaftMessage};
 use kvproto::tikvpb::{BatchRaftMessage, Tikv};
 use slog::{warn, Logger};
@@ -150,7 +148,8 @@ impl<E: RaftExtension> Tikv for Service<E> {
             let _ = match res {
                 Ok(()) => sink.success(Done::default()).await,
                 Err(e) => {
-                    let status = RpcStatus::with_message(RpcStatusCode::UNKNOWN, format!("{:?}", e));
+                    let status =
+                        RpcStatus::with_message(RpcStatusCode::UNKNOWN, format!("{:?}", e));
                     sink.fail(status).await
                 }
             };
@@ -191,7 +190,8 @@ impl<E: RaftExtension> Tikv for Service<E> {
             let _ = match res {
                 Ok(()) => sink.success(Done::default()).await,
                 Err(e) => {
-                    let status = RpcStatus::with_message(RpcStatusCode::UNKNOWN, format!("{:?}", e));
+                    let status =
+                        RpcStatus::with_message(RpcStatusCode::UNKNOWN, format!("{:?}", e));
                     sink.fail(status).await
                 }
             };
