@@ -499,20 +499,25 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
 }
 
 impl<R: StoreAddrResolver + Sync, E: RaftExtension> Shared<R, E> {
-    fn report_msgs(&self, store_id: u64, msgs: Vec<RaftMessage>, reason: &str) {
-        if msgs.is_empty() {
+    /// Reports messages (by region and target peer) unreachable.
+    fn report_targets(&self, store_id: u64, targets: &[(u64, u64)], reason: &str) {
+        if targets.is_empty() {
             return;
         }
         REPORT_FAILURE_MSG_COUNTER
             .with_label_values(&[reason, &store_id.to_string()])
-            .inc_by(msgs.len() as u64);
-        for m in &msgs {
-            self.router
-                .report_unreachable(m.get_region_id(), m.get_to_peer().get_id());
+            .inc_by(targets.len() as u64);
+        for &(region_id, peer_id) in targets {
+            self.router.report_unreachable(region_id, peer_id);
         }
         self.stats
             .reported
-            .fetch_add(msgs.len() as u64, Ordering::SeqCst);
+            .fetch_add(targets.len() as u64, Ordering::SeqCst);
+    }
+
+    fn report_msgs(&self, store_id: u64, msgs: Vec<RaftMessage>, reason: &str) {
+        let targets: Vec<_> = msgs.iter().map(target).collect();
+        self.report_targets(store_id, &targets, reason);
     }
 
     fn report_pending(&self, store_id: u64, q: &Queue, reason: &str) {
@@ -777,6 +782,44 @@ async fn probe_batch_raft(client: &TikvClient) -> grpcio::Result<bool> {
     }
 }
 
+/// Waits for queued messages and takes a batch; ends when the queue is
+/// closed or the peer ends the call.
+async fn next_batch<R, E, F>(
+    shared: &Shared<R, E>,
+    store_id: u64,
+    q: &Queue,
+    call_end: &mut F,
+    call: &str,
+) -> Result<Vec<RaftMessage>, StreamEnd>
+where
+    R: StoreAddrResolver + Sync,
+    E: RaftExtension,
+    F: Future + Unpin,
+    F::Output: std::fmt::Debug,
+{
+    let limit = shared.cfg.max_grpc_send_msg_len.0 as usize;
+    // Room for the batch's own fields.
+    let max_bytes = limit.saturating_sub(16).max(1);
+    loop {
+        match future::select(Box::pin(q.event(false)), &mut *call_end).await {
+            Either::Left((Event::Closed, _)) => return Err(StreamEnd::Closed),
+            Either::Left(_) => {}
+            Either::Right((r, _)) => {
+                return Err(StreamEnd::Failed(format!("{} stream ended: {:?}", call, r)))
+            }
+        }
+        let msgs = q.take_batch(shared.cfg.raft_msg_max_batch_size, max_bytes);
+        let msgs = drop_oversized(shared, store_id, msgs, max_bytes);
+        if !msgs.is_empty() {
+            return Ok(msgs);
+        }
+    }
+}
+
+fn target(m: &RaftMessage) -> (u64, u64) {
+    (m.get_region_id(), m.get_to_peer().get_id())
+}
+
 async fn stream<R: StoreAddrResolver + Sync, E: RaftExtension>(
     shared: &Shared<R, E>,
     store_id: u64,
@@ -799,10 +842,6 @@ async fn stream<R: StoreAddrResolver + Sync, E: RaftExtension>(
             Err(e) => return StreamEnd::Failed(format!("{:?}", e)),
         },
     };
-    let max_n = shared.cfg.raft_msg_max_batch_size;
-    let limit = shared.cfg.max_grpc_send_msg_len.0 as usize;
-    // Room for the batch's own fields.
-    let max_bytes = limit.saturating_sub(16).max(1);
     if batch {
         let (mut sink, recv) = match client.batch_raft() {
             Ok(c) => c,
@@ -810,30 +849,21 @@ async fn stream<R: StoreAddrResolver + Sync, E: RaftExtension>(
         };
         let mut recv = Box::pin(recv);
         loop {
-            match future::select(Box::pin(q.event(false)), &mut recv).await {
-                Either::Left((Event::Closed, _)) => return StreamEnd::Closed,
-                Either::Left(_) => {}
-                Either::Right((r, _)) => {
-                    return StreamEnd::Failed(format!("BatchRaft stream ended: {:?}", r))
-                }
-            }
-            let msgs = q.take_batch(max_n, max_bytes);
-            let msgs = drop_oversized(shared, store_id, msgs, max_bytes);
-            if msgs.is_empty() {
-                continue;
-            }
-            let n = msgs.len() as u64;
+            let msgs = match next_batch(shared, store_id, q, &mut recv, "BatchRaft").await {
+                Ok(m) => m,
+                Err(end) => return end,
+            };
+            let targets: Vec<_> = msgs.iter().map(target).collect();
             let mut b = BatchRaftMessage::default();
-            let mut copies = Vec::with_capacity(msgs.len());
-            for m in msgs {
-                copies.push(m.clone());
-                b.mut_msgs().push(m);
-            }
+            b.set_msgs(msgs.into());
             if let Err(e) = sink.send((b, WriteFlags::default())).await {
-                shared.report_msgs(store_id, copies, "send");
+                shared.report_targets(store_id, &targets, "send");
                 return StreamEnd::Failed(format!("{:?}", e));
             }
-            shared.stats.delivered.fetch_add(n, Ordering::SeqCst);
+            shared
+                .stats
+                .delivered
+                .fetch_add(targets.len() as u64, Ordering::SeqCst);
             RAFT_MESSAGE_FLUSH_COUNTER
                 .with_label_values(&["batch"])
                 .inc();
@@ -845,24 +875,16 @@ async fn stream<R: StoreAddrResolver + Sync, E: RaftExtension>(
         };
         let mut recv = Box::pin(recv);
         loop {
-            match future::select(Box::pin(q.event(false)), &mut recv).await {
-                Either::Left((Event::Closed, _)) => return StreamEnd::Closed,
-                Either::Left(_) => {}
-                Either::Right((r, _)) => {
-                    return StreamEnd::Failed(format!("Raft stream ended: {:?}", r))
-                }
-            }
-            let msgs = q.take_batch(max_n, max_bytes);
-            let msgs = drop_oversized(shared, store_id, msgs, max_bytes);
+            let msgs = match next_batch(shared, store_id, q, &mut recv, "Raft").await {
+                Ok(m) => m,
+                Err(end) => return end,
+            };
+            let targets: Vec<_> = msgs.iter().map(target).collect();
             let total = msgs.len();
-            let mut iter = msgs.into_iter().enumerate();
-            while let Some((i, m)) = iter.next() {
+            for (i, m) in msgs.into_iter().enumerate() {
                 let flags = WriteFlags::default().buffer_hint(i + 1 < total);
-                let copy = m.clone();
                 if let Err(e) = sink.send((m, flags)).await {
-                    let mut lost = vec![copy];
-                    lost.extend(iter.map(|(_, m)| m));
-                    shared.report_msgs(store_id, lost, "send");
+                    shared.report_targets(store_id, &targets[i..], "send");
                     return StreamEnd::Failed(format!("{:?}", e));
                 }
                 shared.stats.delivered.fetch_add(1, Ordering::SeqCst);

@@ -1,11 +1,10 @@
 //! Failpoints of store resolution: `transport_on_resolve`,
 //! `mock_store_refresh_interval_secs`, `resolve_delay_get_store`.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use test_pd::Server as PdServer;
-use tikv::server::resolve::{resolve_blocking, Error, ResolverConfig, StoreAddrResolver};
+use tikv::server::resolve::{resolve_blocking, Error, ResolverConfig};
 use tikv::server::FakeExtension;
 use tikv_util::logger::LogCapture;
 
@@ -71,20 +70,6 @@ fn single_flight_holds_while_pd_is_slow() {
     };
     let (_w, r) = resolver(&pd, FakeExtension, no_cache);
     fail::cfg("resolve_delay_get_store", "return(300)").unwrap();
-    let results = Arc::new(Mutex::new(Vec::new()));
-    for _ in 0..16 {
-        let res = results.clone();
-        r.resolve(
-            6365,
-            Box::new(move |x| {
-                res.lock()
-                    .unwrap()
-                    .push(matches!(x, Err(Error::StoreNotFound(6365))))
-            }),
-        )
-        .unwrap();
-    }
-    wait_until(T, "16 answers", || results.lock().unwrap().len() == 16);
-    assert!(results.lock().unwrap().iter().all(|ok| *ok));
+    assert_eq!(resolve_concurrently_not_found(&r, 6365, 16), 16);
     assert_eq!(pd.get_store_count(6365), 1);
 }

@@ -1,7 +1,7 @@
 //! Store address resolution against test_pd, both PD generations.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use grpcio::RpcStatusCode;
@@ -272,21 +272,7 @@ fn single_flight_for_concurrent_resolves() {
         6365,
         Fault::Delay(Duration::from_millis(200)),
     );
-    let results = Arc::new(Mutex::new(Vec::new()));
-    for _ in 0..16 {
-        let res = results.clone();
-        r.resolve(
-            6365,
-            Box::new(move |x| {
-                res.lock()
-                    .unwrap()
-                    .push(matches!(x, Err(Error::StoreNotFound(6365))))
-            }),
-        )
-        .unwrap();
-    }
-    wait_until(T, "16 callbacks", || results.lock().unwrap().len() == 16);
-    assert!(results.lock().unwrap().iter().all(|ok| *ok));
+    assert_eq!(resolve_concurrently_not_found(&r, 6365, 16), 16);
     assert_eq!(pd.get_store_count(6365), 1);
 }
 

@@ -150,3 +150,32 @@ pub fn assert_balanced(c: &Client) -> StatsSnapshot {
     );
     c.stats()
 }
+
+/// Starts `n` resolutions of `store_id` at once and waits for all of them;
+/// returns how many answered `StoreNotFound(store_id)`.
+pub fn resolve_concurrently_not_found<T: resolve::StoreAddrResolver>(
+    r: &T,
+    store_id: u64,
+    n: usize,
+) -> usize {
+    use std::sync::Mutex;
+    let results = Arc::new(Mutex::new(Vec::new()));
+    for _ in 0..n {
+        let res = results.clone();
+        r.resolve(
+            store_id,
+            Box::new(move |x| {
+                let nf = matches!(x, Err(resolve::Error::StoreNotFound(id)) if id == store_id);
+                res.lock().unwrap().push(nf);
+            }),
+        )
+        .unwrap();
+    }
+    wait_until(
+        Duration::from_secs(10),
+        "every resolution to answer",
+        || results.lock().unwrap().len() == n,
+    );
+    let not_found = results.lock().unwrap().iter().filter(|nf| **nf).count();
+    not_found
+}

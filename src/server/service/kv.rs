@@ -129,6 +129,18 @@ impl<E: RaftExtension> Inner<E> {
     }
 }
 
+/// Ends a client-streaming call: `Done` when the stream ended cleanly,
+/// the error otherwise.
+async fn finish(sink: ClientStreamingSink<Done>, res: grpcio::Result<()>) {
+    let _ = match res {
+        Ok(()) => sink.success(Done::default()).await,
+        Err(e) => {
+            let status = RpcStatus::with_message(RpcStatusCode::UNKNOWN, format!("{:?}", e));
+            sink.fail(status).await
+        }
+    };
+}
+
 impl<E: RaftExtension> Tikv for Service<E> {
     fn raft(
         &mut self,
@@ -142,17 +154,10 @@ impl<E: RaftExtension> Tikv for Service<E> {
                 while let Some(msg) = stream.try_next().await? {
                     inner.handle(msg);
                 }
-                Ok::<_, grpcio::Error>(())
+                Ok(())
             }
             .await;
-            let _ = match res {
-                Ok(()) => sink.success(Done::default()).await,
-                Err(e) => {
-                    let status =
-                        RpcStatus::with_message(RpcStatusCode::UNKNOWN, format!("{:?}", e));
-                    sink.fail(status).await
-                }
-            };
+            finish(sink, res).await;
         };
         ctx.spawn(f.boxed());
     }
@@ -184,17 +189,10 @@ impl<E: RaftExtension> Tikv for Service<E> {
                         inner.handle(msg);
                     }
                 }
-                Ok::<_, grpcio::Error>(())
+                Ok(())
             }
             .await;
-            let _ = match res {
-                Ok(()) => sink.success(Done::default()).await,
-                Err(e) => {
-                    let status =
-                        RpcStatus::with_message(RpcStatusCode::UNKNOWN, format!("{:?}", e));
-                    sink.fail(status).await
-                }
-            };
+            finish(sink, res).await;
         };
         ctx.spawn(f.boxed());
     }
