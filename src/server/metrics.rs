@@ -45,6 +45,12 @@ lazy_static! {
         &["type"]
     )
     .unwrap();
+    /// Live connection tasks of all raft clients.
+    pub static ref RAFT_CLIENT_CONNECTIONS: IntGauge = register_int_gauge!(
+        "tikv_server_raft_client_connections",
+        "Number of raft client connection tasks"
+    )
+    .unwrap();
     /// Resolve attempts made by the raft client, by verdict.
     pub static ref RAFT_CLIENT_RESOLVE_COUNTER: IntCounterVec = register_int_counter_vec!(
         "tikv_server_raft_client_resolve_total",

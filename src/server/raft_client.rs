@@ -639,6 +639,17 @@ async fn run_connection<R: StoreAddrResolver + Sync, E: RaftExtension>(
     conn_id: usize,
     q: Arc<Queue>,
 ) {
+    RAFT_CLIENT_CONNECTIONS.inc();
+    connection_loop(&shared, store_id, conn_id, &q).await;
+    RAFT_CLIENT_CONNECTIONS.dec();
+}
+
+async fn connection_loop<R: StoreAddrResolver + Sync, E: RaftExtension>(
+    shared: &Arc<Shared<R, E>>,
+    store_id: u64,
+    conn_id: usize,
+    q: &Arc<Queue>,
+) {
     let cfg = &shared.cfg;
     let initial = cfg.initial_backoff();
     let mut connect_backoff = initial;

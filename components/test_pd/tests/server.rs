@@ -1,0 +1,180 @@
+//! test_pd answers as PD does, checked with the raw generated gRPC client.
+
+use std::sync::Arc;
+
+use grpcio::{ChannelBuilder, Environment, RpcStatusCode};
+use kvproto::pdpb::*;
+use test_pd::{Method, NotFoundShape, Server};
+
+fn raw(ep: &str) -> PdClient {
+    PdClient::new(ChannelBuilder::new(Arc::new(Environment::new(1))).connect(ep))
+}
+
+fn header(cluster_id: u64) -> RequestHeader {
+    let mut h = RequestHeader::default();
+    h.set_cluster_id(cluster_id);
+    h
+}
+
+fn status_code(e: grpcio::Error) -> RpcStatusCode {
+    match e {
+        grpcio::Error::RpcFailure(s) => s.code(),
+        e => panic!("{:?}", e),
+    }
+}
+
+#[test]
+fn members_and_leadership() {
+    let pd = Server::new(3, NotFoundShape::Header);
+    let eps = pd.endpoints();
+    let mut req = GetMembersRequest::default();
+    req.set_header(header(0));
+    let resp = raw(&eps[1]).get_members(&req).unwrap();
+    assert_eq!(resp.get_members().len(), 3);
+    assert_eq!(
+        resp.get_leader().get_client_urls()[0],
+        format!("http://{}", eps[0])
+    );
+    assert_eq!(resp.get_header().get_cluster_id(), pd.cluster_id());
+
+    // A follower refuses cluster requests with UNAVAILABLE "not leader".
+    let mut g = GetStoreRequest::default();
+    g.set_header(header(pd.cluster_id()));
+    g.set_store_id(1);
+    assert_eq!(
+        status_code(raw(&eps[1]).get_store(&g).unwrap_err()),
+        RpcStatusCode::UNAVAILABLE
+    );
+    pd.change_leader(1);
+    assert_eq!(pd.leader(), 1);
+    let resp = raw(&eps[1]).get_store(&g).unwrap();
+    assert_eq!(
+        resp.get_header().get_error().get_message(),
+        "invalid store ID 1, not found"
+    );
+    assert_eq!(pd.get_store_count(1), 2);
+    assert_eq!(pd.method_count(Method::GetMembers), 1);
+}
+
+#[test]
+fn old_pd_answers_not_found_with_status_unknown() {
+    let pd = Server::new(1, NotFoundShape::GrpcStatus);
+    let mut g = GetStoreRequest::default();
+    g.set_header(header(pd.cluster_id()));
+    g.set_store_id(6365);
+    match raw(&pd.endpoints()[0]).get_store(&g).unwrap_err() {
+        grpcio::Error::RpcFailure(s) => {
+            assert_eq!(s.code(), RpcStatusCode::UNKNOWN);
+            assert_eq!(s.message(), "invalid store ID 6365, not found");
+        }
+        e => panic!("{:?}", e),
+    }
+}
+
+#[test]
+fn wrong_cluster_id_is_refused() {
+    let pd = Server::single();
+    let mut g = GetStoreRequest::default();
+    g.set_header(header(pd.cluster_id() + 1));
+    g.set_store_id(1);
+    let code = status_code(raw(&pd.endpoints()[0]).get_store(&g).unwrap_err());
+    assert_eq!(code, RpcStatusCode::FAILED_PRECONDITION);
+}
+
+#[test]
+fn heartbeat_alloc_and_bootstrap() {
+    let pd = Server::single();
+    let c = raw(&pd.endpoints()[0]);
+    let cid = pd.cluster_id();
+    pd.add_store(1, "127.0.0.1:20160");
+
+    let mut hb = StoreHeartbeatRequest::default();
+    hb.set_header(header(cid));
+    hb.mut_stats().set_store_id(1);
+    assert!(!c.store_heartbeat(&hb).unwrap().get_header().has_error());
+    pd.bury(1);
+    let r = c.store_heartbeat(&hb).unwrap();
+    assert_eq!(
+        r.get_header().get_error().get_field_type(),
+        ErrorType::STORE_TOMBSTONE
+    );
+
+    let mut a = AllocIDRequest::default();
+    a.set_header(header(cid));
+    let x = c.alloc_id(&a).unwrap().get_id();
+    let y = c.alloc_id(&a).unwrap().get_id();
+    assert!(y > x);
+
+    let mut ib = IsBootstrappedRequest::default();
+    ib.set_header(header(cid));
+    assert!(c.is_bootstrapped(&ib).unwrap().get_bootstrapped());
+    let mut b = BootstrapRequest::default();
+    b.set_header(header(cid));
+    b.mut_store().set_id(2);
+    b.mut_store().set_address("127.0.0.1:20162".into());
+    let r = c.bootstrap(&b).unwrap();
+    assert_eq!(
+        r.get_header().get_error().get_field_type(),
+        ErrorType::ALREADY_BOOTSTRAPPED
+    );
+
+    pd.set_bootstrapped(false);
+    assert!(!c.is_bootstrapped(&ib).unwrap().get_bootstrapped());
+    let mut g = GetStoreRequest::default();
+    g.set_header(header(cid));
+    g.set_store_id(1);
+    let r = c.get_store(&g).unwrap();
+    assert_eq!(
+        r.get_header().get_error().get_field_type(),
+        ErrorType::NOT_BOOTSTRAPPED
+    );
+    assert!(!c.bootstrap(&b).unwrap().get_header().has_error());
+    assert!(c.is_bootstrapped(&ib).unwrap().get_bootstrapped());
+    assert_eq!(pd.get_store(2).unwrap().get_address(), "127.0.0.1:20162");
+}
+
+#[test]
+fn put_store_rules() {
+    let pd = Server::single();
+    let c = raw(&pd.endpoints()[0]);
+    let mut p = PutStoreRequest::default();
+    p.set_header(header(pd.cluster_id()));
+    p.mut_store().set_id(3);
+    let r = c.put_store(&p).unwrap();
+    assert_eq!(
+        r.get_header().get_error().get_field_type(),
+        ErrorType::UNKNOWN,
+        "empty address"
+    );
+    p.mut_store().set_address("127.0.0.1:20163".into());
+    assert!(!c.put_store(&p).unwrap().get_header().has_error());
+    pd.bury(3);
+    let r = c.put_store(&p).unwrap();
+    assert_eq!(
+        r.get_header().get_error().get_field_type(),
+        ErrorType::STORE_TOMBSTONE
+    );
+    assert!(!pd.remove_tombstone(99), "unknown store");
+    assert!(pd.remove_tombstone(3));
+    assert!(pd.get_store(3).is_none());
+
+    let mut all = GetAllStoresRequest::default();
+    all.set_header(header(pd.cluster_id()));
+    assert_eq!(c.get_all_stores(&all).unwrap().get_stores().len(), 0);
+}
+
+#[test]
+fn stopped_member_refuses_and_restarts_on_its_port() {
+    let pd = Server::single();
+    let ep = pd.endpoints()[0].clone();
+    pd.stop_member(0);
+    let mut req = GetMembersRequest::default();
+    req.set_header(header(0));
+    assert_eq!(
+        status_code(raw(&ep).get_members(&req).unwrap_err()),
+        RpcStatusCode::UNAVAILABLE
+    );
+    pd.restart_member(0);
+    assert_eq!(pd.endpoints()[0], ep);
+    assert_eq!(raw(&ep).get_members(&req).unwrap().get_members().len(), 1);
+}
