@@ -677,9 +677,9 @@ async fn connection_loop<R: StoreAddrResolver + Sync, E: RaftExtension>(
                 return;
             }
             Err(resolve::Error::StoreNotFound(_)) => {
-                shared.report_pending(store_id, &q, "not_found");
+                shared.report_pending(store_id, q, "not_found");
                 let next = shared.on_not_found(store_id);
-                if !shared.backoff(store_id, &q, next, "not_found").await {
+                if !shared.backoff(store_id, q, next, "not_found").await {
                     return;
                 }
                 continue;
@@ -694,9 +694,9 @@ async fn connection_loop<R: StoreAddrResolver + Sync, E: RaftExtension>(
                     warn!(shared.logger, "resolve store address failed, will retry";
                         "store_id" => store_id, "err" => %e);
                 }
-                shared.report_pending(store_id, &q, "resolve");
+                shared.report_pending(store_id, q, "resolve");
                 let next = now + cfg.raft_client_max_backoff.0;
-                if !shared.backoff(store_id, &q, next, "resolve").await {
+                if !shared.backoff(store_id, q, next, "resolve").await {
                     return;
                 }
                 continue;
@@ -725,10 +725,10 @@ async fn connection_loop<R: StoreAddrResolver + Sync, E: RaftExtension>(
                 .inc();
             connect_backoff = initial;
             stream(
-                &shared,
+                shared,
                 store_id,
                 conn_id,
-                &q,
+                q,
                 TikvClient::new(ch),
                 &mut batch_supported,
             )
@@ -745,12 +745,12 @@ async fn connection_loop<R: StoreAddrResolver + Sync, E: RaftExtension>(
                 warn!(shared.logger, "connection to store failed, will reconnect";
                     "store_id" => store_id, "conn_id" => conn_id, "addr" => &addr, "err" => e);
                 shared.router.report_store_unreachable(store_id);
-                shared.report_pending(store_id, &q, "unreachable");
+                shared.report_pending(store_id, q, "unreachable");
                 // The address may have moved: ask PD again next time.
                 shared.resolver.invalidate(store_id);
                 let next = Instant::now() + connect_backoff;
                 connect_backoff = (connect_backoff * 2).min(cfg.raft_client_max_backoff.0);
-                if !shared.backoff(store_id, &q, next, "unreachable").await {
+                if !shared.backoff(store_id, q, next, "unreachable").await {
                     return;
                 }
             }
