@@ -342,6 +342,8 @@ fn many_connections_to_removed_store_share_one_pd_call_per_step() {
         raft_client_initial_reconnect_backoff: ReadableDuration::millis(100),
         raft_client_max_backoff: ReadableDuration::millis(200),
         raft_client_not_found_max_backoff: ReadableDuration::millis(200),
+        // Covers connections that wake a little late; below the 100ms step.
+        store_not_found_cache_ttl: ReadableDuration::millis(50),
         ..fast_cfg()
     };
     let (_w, mut c, _) = raft_client(&pd, 1, cfg, &LogCapture::new());
