@@ -58,7 +58,6 @@ struct QueueInner {
 struct Queue {
     cap: usize,
     inner: Mutex<QueueInner>,
-    dirty: AtomicBool,
 }
 
 /// Bytes `msg` takes as a `msgs` entry of a `BatchRaftMessage`: tag,
@@ -90,7 +89,6 @@ impl Queue {
                 interrupted: false,
                 waker: None,
             }),
-            dirty: AtomicBool::new(false),
         }
     }
 
@@ -116,7 +114,6 @@ impl Queue {
     }
 
     fn notify(&self) {
-        self.dirty.store(false, Ordering::Release);
         Self::wake(&mut self.inner.lock().unwrap());
     }
 
@@ -285,12 +282,20 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> ConnectionBuilder<R, E> {
     }
 }
 
+/// A queue as one clone sees it: `dirty` when this clone pushed since its
+/// last flush.
+struct CachedQueue {
+    queue: Arc<Queue>,
+    dirty: bool,
+}
+
 /// The raft client. Clones share connections and accounting; each clone
-/// has its own queue cache so `send` takes no shared lock.
+/// has its own queue cache so `send` takes no shared lock, and flushes the
+/// queues it pushed to (also when dropped).
 pub struct RaftClient<R, E> {
     shared: Arc<Shared<R, E>>,
-    cache: HashMap<(u64, usize), Arc<Queue>>,
-    need_flush: Vec<Arc<Queue>>,
+    cache: HashMap<(u64, usize), CachedQueue>,
+    need_flush: Vec<(u64, usize)>,
 }
 
 impl<R, E> Clone for RaftClient<R, E> {
@@ -300,6 +305,30 @@ impl<R, E> Clone for RaftClient<R, E> {
             cache: HashMap::new(),
             need_flush: Vec::new(),
         }
+    }
+}
+
+impl<R, E> RaftClient<R, E> {
+    /// Wakes the connections this clone pushed to since its last flush.
+    pub fn flush(&mut self) {
+        let n = self.need_flush.len();
+        for key in self.need_flush.drain(..) {
+            if let Some(cq) = self.cache.get_mut(&key) {
+                cq.dirty = false;
+                cq.queue.notify();
+            }
+        }
+        if n > 0 {
+            RAFT_MESSAGE_FLUSH_COUNTER
+                .with_label_values(&["flush"])
+                .inc_by(n as u64);
+        }
+    }
+}
+
+impl<R, E> Drop for RaftClient<R, E> {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
@@ -354,11 +383,12 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
         };
         let key = (store_id, conn_id);
         for _ in 0..2 {
-            if let Some(q) = self.cache.get(&key) {
-                match q.push(msg) {
+            if let Some(cq) = self.cache.get_mut(&key) {
+                match cq.queue.push(msg) {
                     Ok(()) => {
-                        if !q.dirty.swap(true, Ordering::AcqRel) {
-                            self.need_flush.push(q.clone());
+                        if !cq.dirty {
+                            cq.dirty = true;
+                            self.need_flush.push(key);
                         }
                         return Ok(());
                     }
@@ -370,8 +400,14 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
                 }
             }
             match self.load_queue(store_id, conn_id) {
-                Some(q) => {
-                    self.cache.insert(key, q);
+                Some(queue) => {
+                    self.cache.insert(
+                        key,
+                        CachedQueue {
+                            queue,
+                            dirty: false,
+                        },
+                    );
                 }
                 None => return Err(DiscardReason::Disconnected),
             }
@@ -399,19 +435,6 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
             })
             .clone();
         Some(q)
-    }
-
-    /// Wakes the connections that got messages since the last flush.
-    pub fn flush(&mut self) {
-        let n = self.need_flush.len();
-        for q in self.need_flush.drain(..) {
-            q.notify();
-        }
-        if n > 0 {
-            RAFT_MESSAGE_FLUSH_COUNTER
-                .with_label_values(&["flush"])
-                .inc_by(n as u64);
-        }
     }
 
     /// Evidence that `store_id` is alive (our raft service received a

@@ -409,3 +409,31 @@ fn other_resolve_errors_retry_at_max_backoff() {
     );
     assert_balanced(&c);
 }
+
+#[test]
+fn each_clone_flushes_its_own_sends() {
+    let pd = PdServer::single();
+    let node = Node::start(2, "127.0.0.1:0", |s| s);
+    pd.add_store(2, &node.addr());
+    let (_w, mut a, _) = raft_client(&pd, 1, fast_cfg(), &LogCapture::new());
+    let mut b = a.clone();
+    a.send(msg(1, 1, 2)).unwrap();
+    a.flush();
+    wait_until(T, "the connection to carry a message", || {
+        node.ext.fed_count() == 1
+    });
+    // `a` queues without flushing; `b` queues to the same connection and
+    // flushes: `b`'s flush must wake the sender.
+    a.send(msg(2, 1, 2)).unwrap();
+    b.send(msg(3, 1, 2)).unwrap();
+    b.flush();
+    wait_until(T, "b's message delivered", || node.ext.fed_count() == 3);
+    // A clone dropped with unflushed messages still gets them sent.
+    let mut c = b.clone();
+    c.send(msg(4, 1, 2)).unwrap();
+    drop(c);
+    wait_until(T, "the dropped clone's message delivered", || {
+        node.ext.fed_count() == 4
+    });
+    assert_balanced(&a);
+}
