@@ -416,11 +416,9 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
     }
 
     fn load_queue(&self, store_id: u64, conn_id: usize) -> Option<Arc<Queue>> {
-        if self.shared.stopped.load(Ordering::SeqCst) {
-            return None;
-        }
         let mut pool = self.shared.pool.lock().unwrap();
-        if pool.tombstone_stores.contains(&store_id) {
+        // Checked under the lock: `stop` drains the pool under it too.
+        if self.shared.stopped.load(Ordering::SeqCst) || pool.tombstone_stores.contains(&store_id) {
             return None;
         }
         let shared = &self.shared;
@@ -509,9 +507,9 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
     /// Stops every connection; pending messages are reported unreachable
     /// and later sends fail with `Disconnected`.
     pub fn stop(&self) {
-        self.shared.stopped.store(true, Ordering::SeqCst);
         let conns: Vec<_> = {
             let mut pool = self.shared.pool.lock().unwrap();
+            self.shared.stopped.store(true, Ordering::SeqCst);
             pool.connections.drain().collect()
         };
         for ((store_id, _), q) in conns {
