@@ -78,11 +78,3 @@ lazy_static! {
     )
     .unwrap();
 }
-
-/// Renders every registered metric in Prometheus text format.
-pub fn dump() -> String {
-    let mut buf = Vec::new();
-    let enc = TextEncoder::new();
-    let _ = enc.encode(&prometheus::gather(), &mut buf);
-    String::from_utf8(buf).unwrap_or_default()
-}

@@ -5,13 +5,8 @@
 //! generated types interoperate with a real PD and a real TiKV. Rust code is
 //! generated at build time by `protobuf-build` (protobuf 2 codec, grpcio stubs).
 
-#![allow(missing_docs)]
-#![allow(clippy::all)]
-#![allow(renamed_and_removed_lints)]
-#![allow(unused_imports)]
-#![allow(deprecated)]
-#![allow(unused_parens)]
-#![allow(warnings)]
+// Generated code: none of its lints are ours to fix.
+#![allow(warnings, clippy::all)]
 
 include!(concat!(env!("OUT_DIR"), "/protos/mod.rs"));
 

@@ -1,6 +1,5 @@
 //! `RpcClient`: the PD client over grpcio.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -91,6 +90,25 @@ async fn get_members(
     Ok((client, resp))
 }
 
+/// The leader named in `members`: its address and a client for it, reusing
+/// `probe` (the channel the members came from) when that is the leader.
+fn leader_client(
+    env: &Arc<Environment>,
+    members: &GetMembersResponse,
+    probe: (&str, pdpb::PdClient),
+) -> Result<(pdpb::PdClient, String)> {
+    let urls = members.get_leader().get_client_urls();
+    let mut last_err = other(format!("PD at {} reports no leader", probe.0));
+    for url in urls {
+        match normalize_endpoint(url) {
+            Ok(target) if target == probe.0 => return Ok((probe.1, target)),
+            Ok(target) => return Ok((connect(env, &target), target)),
+            Err(e) => last_err = e,
+        }
+    }
+    Err(last_err)
+}
+
 /// Asks each candidate for the members and connects to the leader.
 async fn connect_leader(
     env: &Arc<Environment>,
@@ -101,8 +119,8 @@ async fn connect_leader(
 ) -> Result<(pdpb::PdClient, GetMembersResponse, String)> {
     let mut last_err = other("no PD endpoint answered");
     for addr in candidates {
-        let members = match get_members(env, cfg, addr).await {
-            Ok((_, m)) => m,
+        let (probe, members) = match get_members(env, cfg, addr).await {
+            Ok(r) => r,
             Err(e) => {
                 warn!(logger, "failed to get PD members"; "endpoint" => addr, "err" => %e);
                 last_err = e;
@@ -118,18 +136,9 @@ async fn connect_leader(
             warn!(logger, "PD cluster id mismatch"; "endpoint" => addr, "want" => cluster_id, "got" => got);
             continue;
         }
-        let leader = members.get_leader();
-        for url in leader.get_client_urls() {
-            match normalize_endpoint(url) {
-                Ok(target) => {
-                    let client = connect(env, &target);
-                    return Ok((client, members.clone(), target));
-                }
-                Err(e) => last_err = e,
-            }
-        }
-        if leader.get_client_urls().is_empty() {
-            last_err = other(format!("PD at {} reports no leader", addr));
+        match leader_client(env, &members, (addr, probe)) {
+            Ok((client, target)) => return Ok((client, members, target)),
+            Err(e) => last_err = e,
         }
     }
     Err(last_err)
@@ -263,33 +272,50 @@ impl RpcClient {
             .map(|e| normalize_endpoint(e))
             .collect::<Result<_>>()?;
         let (cluster_id, client, members, target) = block_on(async {
-            let mut cluster_id = 0u64;
+            // Every answering endpoint must agree on the cluster id; the
+            // first answer names the leader.
+            let mut first: Option<(String, pdpb::PdClient, GetMembersResponse)> = None;
             let mut last_err = other("no PD endpoint answered");
             for ep in &endpoints {
                 match get_members(&env, cfg, ep).await {
-                    Ok((_, m)) => {
-                        let id = m.get_header().get_cluster_id();
-                        if cluster_id == 0 {
-                            cluster_id = id;
-                        } else if id != cluster_id {
-                            return Err(other(format!(
-                                "PD response cluster_id mismatch, want {}, got {} from {}",
-                                cluster_id, id, ep
-                            )));
+                    Ok((probe, m)) => match &first {
+                        None => first = Some((ep.clone(), probe, m)),
+                        Some((_, _, f)) => {
+                            let (want, got) = (
+                                f.get_header().get_cluster_id(),
+                                m.get_header().get_cluster_id(),
+                            );
+                            if want != got {
+                                return Err(other(format!(
+                                    "PD response cluster_id mismatch, want {}, got {} from {}",
+                                    want, got, ep
+                                )));
+                            }
                         }
-                    }
+                    },
                     Err(e) => {
                         warn!(logger, "PD endpoint unreachable"; "endpoint" => ep, "err" => %e);
                         last_err = e;
                     }
                 }
             }
-            if cluster_id == 0 {
-                return Err(last_err);
-            }
-            let (client, members, target) =
-                connect_leader(&env, cfg, &endpoints, cluster_id, &logger).await?;
-            Ok((cluster_id, client, members, target))
+            let (ep, probe, members) = first.ok_or(last_err)?;
+            let (client, target) = match leader_client(&env, &members, (&ep, probe)) {
+                Ok(c) => c,
+                // The first endpoint knows no usable leader: ask them all.
+                Err(_) => {
+                    let id = members.get_header().get_cluster_id();
+                    let (client, members, target) =
+                        connect_leader(&env, cfg, &endpoints, id, &logger).await?;
+                    return Ok((id, client, members, target));
+                }
+            };
+            Ok((
+                members.get_header().get_cluster_id(),
+                client,
+                members,
+                target,
+            ))
         })?;
         info!(logger, "connected to PD"; "cluster_id" => cluster_id, "leader" => &target);
         Ok(RpcClient {
@@ -324,13 +350,6 @@ impl RpcClient {
     pub fn reconnect(&self) -> Result<()> {
         block_on(self.shared.reconnect())
     }
-
-    fn run<T: Send + 'static>(
-        &self,
-        fut: impl Future<Output = Result<T>> + Send + 'static,
-    ) -> Result<T> {
-        block_on(fut)
-    }
 }
 
 impl PdClient for RpcClient {
@@ -360,7 +379,7 @@ impl PdClient for RpcClient {
     fn get_all_stores(&self, exclude_tombstone: bool) -> Result<Vec<metapb::Store>> {
         let shared = self.shared.clone();
         let cluster_id = shared.cluster_id;
-        self.run(async move {
+        block_on(async move {
             let mut req = pdpb::GetAllStoresRequest::default();
             req.set_header(header(cluster_id));
             req.set_exclude_tombstone_stores(exclude_tombstone);
@@ -380,7 +399,7 @@ impl PdClient for RpcClient {
     fn put_store(&self, store: metapb::Store) -> Result<()> {
         let shared = self.shared.clone();
         let cluster_id = shared.cluster_id;
-        self.run(async move {
+        block_on(async move {
             let store_id = store.get_id();
             let mut req = pdpb::PutStoreRequest::default();
             req.set_header(header(cluster_id));

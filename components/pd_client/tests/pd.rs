@@ -348,3 +348,10 @@ fn async_get_store_runs_concurrently() {
     drop(slow);
     pd.clear_faults();
 }
+
+#[test]
+fn startup_asks_each_endpoint_for_members_once() {
+    let pd = Server::new(3, NotFoundShape::Header);
+    let _c = client(&pd);
+    assert_eq!(pd.method_count(Method::GetMembers), 3);
+}
