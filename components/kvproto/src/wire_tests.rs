@@ -80,6 +80,32 @@ fn raft_message_bytes() {
 }
 
 #[test]
+fn batch_raft_last_observed_time_is_field_13() {
+    let mut b = tikvpb::BatchRaftMessage::default();
+    b.set_last_observed_time(1);
+    // pingcap/kvproto proto/tikvpb.proto: last_observed_time = 13 (tag 0x68).
+    assert_eq!(hex(&b.write_to_bytes().unwrap()), "68 01");
+    let mut one = raft_serverpb::RaftMessage::default();
+    one.set_region_id(1);
+    b.mut_msgs().push(one);
+    let bytes = b.write_to_bytes().unwrap();
+    assert_eq!(hex(&bytes), "0a 02 08 01 68 01");
+    // Bytes as upstream writes them (field 13) decode to our field.
+    let back = tikvpb::BatchRaftMessage::parse_from_bytes(&[0x68, 0x96, 0x01]).unwrap();
+    assert_eq!(back.get_last_observed_time(), 150);
+}
+
+#[test]
+fn eraftpb_message_follows_raft_rs() {
+    let mut m = eraftpb::Message::default();
+    m.set_commit_term(1);
+    m.set_priority(2);
+    // tikv/raft-rs proto/proto/eraftpb.proto: commit_term = 15 (tag 0x78),
+    // priority = 16 (int64, tag 0x80 0x01).
+    assert_eq!(hex(&m.write_to_bytes().unwrap()), "78 01 80 01 02");
+}
+
+#[test]
 fn grpc_method_paths() {
     let pd = include_str!(concat!(env!("OUT_DIR"), "/protos/pdpb_grpc.rs"));
     for m in [
