@@ -43,14 +43,22 @@ pub fn parse_store_not_found(msg: &str) -> Option<u64> {
     id.parse().ok()
 }
 
+/// Whether `msg` is PD's not-found answer for the store the request asked
+/// about. Store id 0 never qualifies: PD never allocates it, so "not
+/// registered yet" cannot apply (PD answers it with the same text).
+fn is_not_found_of(store_id: Option<u64>, msg: &str) -> Option<u64> {
+    match (store_id, parse_store_not_found(msg)) {
+        (Some(want), Some(got)) if want == got && want != 0 => Some(want),
+        _ => None,
+    }
+}
+
 /// The typed error for a gRPC status PD returned for store `store_id`'s
 /// request: old PD answers a missing store with 2-UNKNOWN.
 pub fn status_error(store_id: Option<u64>, status: RpcStatus) -> Error {
     if status.code() == RpcStatusCode::UNKNOWN {
-        if let (Some(want), Some(got)) = (store_id, parse_store_not_found(status.message())) {
-            if want == got {
-                return Error::StoreNotFound(want);
-            }
+        if let Some(id) = is_not_found_of(store_id, status.message()) {
+            return Error::StoreNotFound(id);
         }
     }
     Error::Grpc(grpcio::Error::RpcFailure(status))
@@ -82,9 +90,9 @@ pub fn check_resp_header(
         ErrorType::INCOMPATIBLE_VERSION => Err(Error::Incompatible),
         ErrorType::STORE_TOMBSTONE => Err(Error::StoreTombstone(msg.to_owned())),
         ErrorType::REGION_NOT_FOUND => Err(Error::RegionNotFound(vec![])),
-        ErrorType::UNKNOWN => match (store_id, parse_store_not_found(msg)) {
-            (Some(want), Some(got)) if want == got => Err(Error::StoreNotFound(want)),
-            _ => Err(other(format!("PD error UNKNOWN: {}", msg))),
+        ErrorType::UNKNOWN => match is_not_found_of(store_id, msg) {
+            Some(id) => Err(Error::StoreNotFound(id)),
+            None => Err(other(format!("PD error UNKNOWN: {}", msg))),
         },
         t => Err(other(format!("PD error {:?}: {}", t, msg))),
     }
@@ -328,6 +336,24 @@ mod tests {
         for (name, resp, want) in cases {
             assert_eq!(verdict(classify_get_store(6365, 1, resp)), want, "{}", name);
         }
+        // Store id 0 with PD's own answer for it, in both generations.
+        let zero = "invalid store ID 0, not found";
+        assert_eq!(
+            verdict(classify_get_store(
+                0,
+                1,
+                Ok(header_err(ErrorType::UNKNOWN, zero))
+            )),
+            V::Other
+        );
+        assert_eq!(
+            verdict(classify_get_store(
+                0,
+                1,
+                Err(status(RpcStatusCode::UNKNOWN, zero))
+            )),
+            V::Grpc
+        );
     }
 
     #[test]

@@ -35,6 +35,16 @@ fn err_header(cluster_id: u64, t: ErrorType, msg: String) -> ResponseHeader {
     h
 }
 
+/// PD's answer to PutStore and StoreHeartbeat from a removed store
+/// (tikv/pd server/grpc_service.go `checkStore`).
+fn tombstone_header(cluster_id: u64) -> ResponseHeader {
+    err_header(
+        cluster_id,
+        ErrorType::STORE_TOMBSTONE,
+        "store is tombstone".to_owned(),
+    )
+}
+
 impl PdService {
     pub(crate) fn new(idx: usize, cluster: Arc<Cluster>) -> PdService {
         PdService { idx, cluster }
@@ -218,9 +228,8 @@ impl Pd for PdService {
                     Answer::Ok(r)
                 }
             };
-            if id == 0 {
-                return missing("invalid zero store id".to_owned());
-            }
+            // PD (tikv/pd server/grpc_service.go GetStore) has no special
+            // case for id 0: it is just another id it does not know.
             match this.cluster.get_store(id) {
                 Some(store) => {
                     let mut r = GetStoreResponse::default();
@@ -254,19 +263,26 @@ impl Pd for PdService {
                 ));
                 return Answer::Ok(r);
             }
-            if let Some(old) = this.cluster.get_store(id) {
+            let old = this.cluster.get_store(id);
+            if let Some(old) = &old {
                 if old.get_state() == metapb::StoreState::Tombstone {
-                    r.set_header(err_header(
-                        cid,
-                        ErrorType::STORE_TOMBSTONE,
-                        format!("store {} has been removed", id),
-                    ));
+                    r.set_header(tombstone_header(cid));
                     return Answer::Ok(r);
                 }
             }
+            // A new store starts Up and Preparing (PD moves it to Serving
+            // later); a known one keeps its states, as PD's PutMetaStore does.
             let mut store = store;
-            store.set_state(metapb::StoreState::Up);
-            store.set_node_state(metapb::NodeState::Serving);
+            match old {
+                Some(old) => {
+                    store.set_state(old.get_state());
+                    store.set_node_state(old.get_node_state());
+                }
+                None => {
+                    store.set_state(metapb::StoreState::Up);
+                    store.set_node_state(metapb::NodeState::Preparing);
+                }
+            }
             this.cluster.put_store(store);
             r.set_header(header(cid));
             Answer::Ok(r)
@@ -310,11 +326,7 @@ impl Pd for PdService {
             let mut r = StoreHeartbeatResponse::default();
             match this.cluster.get_store(id) {
                 Some(s) if s.get_state() == metapb::StoreState::Tombstone => {
-                    r.set_header(err_header(
-                        cid,
-                        ErrorType::STORE_TOMBSTONE,
-                        format!("store {} has been removed", id),
-                    ));
+                    r.set_header(tombstone_header(cid));
                 }
                 Some(_) => r.set_header(header(cid)),
                 None => r.set_header(err_header(

@@ -178,3 +178,55 @@ fn stopped_member_refuses_and_restarts_on_its_port() {
     assert_eq!(pd.endpoints()[0], ep);
     assert_eq!(raw(&ep).get_members(&req).unwrap().get_members().len(), 1);
 }
+
+/// The texts and states of tikv/pd server/grpc_service.go: GetStore has no
+/// special case for id 0; PutStore and StoreHeartbeat from a removed store
+/// get `checkStore`'s STORE_TOMBSTONE "store is tombstone"; a new store
+/// starts Preparing.
+#[test]
+fn answers_with_pds_texts() {
+    let pd = Server::new(1, NotFoundShape::Header);
+    let c = raw(&pd.endpoints()[0]);
+    let cid = pd.cluster_id();
+
+    let mut g = GetStoreRequest::default();
+    g.set_header(header(cid));
+    g.set_store_id(0);
+    let e = c.get_store(&g).unwrap().take_header().take_error();
+    assert_eq!(e.get_field_type(), ErrorType::UNKNOWN);
+    assert_eq!(e.get_message(), "invalid store ID 0, not found");
+
+    let mut s = kvproto::metapb::Store::default();
+    s.set_id(8);
+    s.set_address("127.0.0.1:20168".into());
+    let mut put = PutStoreRequest::default();
+    put.set_header(header(cid));
+    put.set_store(s.clone());
+    assert!(!c.put_store(&put).unwrap().get_header().has_error());
+    let stored = pd.get_store(8).unwrap();
+    assert_eq!(stored.get_state(), kvproto::metapb::StoreState::Up);
+    assert_eq!(
+        stored.get_node_state(),
+        kvproto::metapb::NodeState::Preparing
+    );
+
+    pd.bury(8);
+    let e = c.put_store(&put).unwrap().take_header().take_error();
+    assert_eq!(
+        (e.get_field_type(), e.get_message()),
+        (ErrorType::STORE_TOMBSTONE, "store is tombstone")
+    );
+    let mut hb = StoreHeartbeatRequest::default();
+    hb.set_header(header(cid));
+    hb.mut_stats().set_store_id(8);
+    let e = c.store_heartbeat(&hb).unwrap().take_header().take_error();
+    assert_eq!(
+        (e.get_field_type(), e.get_message()),
+        (ErrorType::STORE_TOMBSTONE, "store is tombstone")
+    );
+    // A re-registration of a removed store does not revive it.
+    assert_eq!(
+        pd.get_store(8).unwrap().get_state(),
+        kvproto::metapb::StoreState::Tombstone
+    );
+}
