@@ -40,6 +40,11 @@ pub struct Config {
     pub raft_client_not_found_log_interval: ReadableDuration,
     /// How long the resolver serves a cached not-found answer (ours).
     pub store_not_found_cache_ttl: ReadableDuration,
+    /// How long a call must stay up after its first write before what was
+    /// written counts as delivered (ours). A refusal within it (UNIMPLEMENTED,
+    /// store-not-match) loses nothing; only a call that reached it resets the
+    /// reconnect backoff.
+    pub raft_client_call_confirm_window: ReadableDuration,
 }
 
 impl Default for Config {
@@ -58,6 +63,7 @@ impl Default for Config {
             raft_client_not_found_max_backoff: ReadableDuration::secs(60),
             raft_client_not_found_log_interval: ReadableDuration::secs(60),
             store_not_found_cache_ttl: ReadableDuration::secs(1),
+            raft_client_call_confirm_window: ReadableDuration::secs(1),
         }
     }
 }
@@ -107,6 +113,9 @@ impl Config {
                 self.max_grpc_send_msg_len
             ));
         }
+        if self.raft_client_call_confirm_window.is_zero() {
+            return err("raft-client-call-confirm-window must be positive".into());
+        }
         if self.raft_client_connect_timeout.is_zero() {
             return err("raft-client-connect-timeout must be positive".into());
         }
@@ -151,6 +160,7 @@ mod tests {
             grpc-keepalive-timeout = "1s"
             raft-client-not-found-max-backoff = "30s"
             raft-client-not-found-log-interval = "1m"
+            raft-client-call-confirm-window = "250ms"
         "#;
         let c: TikvConfig = toml::from_str(text).unwrap();
         let s = c.server;
@@ -173,6 +183,10 @@ mod tests {
         assert_eq!(
             s.raft_client_not_found_log_interval,
             ReadableDuration::secs(60)
+        );
+        assert_eq!(
+            s.raft_client_call_confirm_window,
+            ReadableDuration::millis(250)
         );
         // Unset keys keep TiKV's defaults.
         assert_eq!(s.store_not_found_cache_ttl, ReadableDuration::secs(1));
@@ -219,6 +233,7 @@ mod tests {
             ("raft-msg-max-batch-size = 0", "raft-msg-max-batch-size"),
             ("max-grpc-send-msg-len = 0", "max-grpc-send-msg-len"),
             ("max-grpc-send-msg-len = \"4GiB\"", "max-grpc-send-msg-len"),
+            ("raft-client-call-confirm-window = \"0s\"", "raft-client-call-confirm-window"),
         ];
         for (body, needle) in cases {
             let c: TikvConfig = toml::from_str(&format!("[server]\n{}", body)).unwrap();

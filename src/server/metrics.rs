@@ -77,4 +77,21 @@ lazy_static! {
         &["type"]
     )
     .unwrap();
+    /// Messages received per source store (the `source_store_id` call
+    /// header); upstream keeps it in raftstore's metrics under this name.
+    pub static ref MESSAGE_RECV_BY_STORE: IntCounterVec = register_int_counter_vec!(
+        "tikv_raftstore_message_recv_by_store",
+        "Messages received by store",
+        &["store"]
+    )
+    .unwrap();
+    /// Raft message durations by type; `receive_delay` is the receiver's
+    /// clock minus the batch's `last_observed_time`.
+    pub static ref RAFT_MESSAGE_DURATION_VEC: HistogramVec = register_histogram_vec!(
+        "tikv_server_raft_message_duration_seconds",
+        "Duration of raft messages.",
+        &["type"],
+        exponential_buckets(0.00001, 2.0, 26).unwrap()
+    )
+    .unwrap();
 }

@@ -10,8 +10,8 @@ pub mod server;
 pub mod service;
 
 pub use self::config::Config;
-pub use self::raft_client::{ConnectionBuilder, DiscardReason, RaftClient};
+pub use self::raft_client::{ConnectionBuilder, DiscardReason, MetadataSourceStoreId, RaftClient};
 pub use self::raft_extension::{FakeExtension, RaftExtension, RecordingExtension};
 pub use self::resolve::{PdStoreAddrResolver, StoreAddrResolver};
 pub use self::server::Server;
-pub use self::service::Service;
+pub use self::service::{Service, StoreAliveHook, StoreNotMatch};

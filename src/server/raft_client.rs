@@ -12,8 +12,27 @@
 //!   interval. A message received from the store ends the wait at once.
 //! - anything else: retried at `raft-client-max-backoff`.
 //!
+//! How a call ends (peers behave as upstream's raft service, tikv/tikv
+//! `src/server/service/kv.rs`: a call never answers `Done`):
+//! - UNIMPLEMENTED on `BatchRaft`: the peer predates it; fall back to `Raft`
+//!   on the same channel and remember it for the address. What was written to
+//!   the refused call is queued again, ahead of newer messages.
+//! - store-not-match (the address now belongs to another store): what was
+//!   written and what is pending is reported, the cached address is dropped
+//!   and the store resolved again at once; the same address again backs off.
+//! - anything else: a stream failure, retried on the doubling reconnect
+//!   backoff. Only a call that stayed up for `raft-client-call-confirm-window`
+//!   after its first write resets that backoff, so a peer that accepts
+//!   connections and fails every call cannot make the client spin.
+//!
 //! Every message given to `send` ends in exactly one of: delivered, refused
-//! by `send`, or reported unreachable ([`RaftClientStats`]).
+//! by `send`, or reported unreachable ([`RaftClientStats`]). "Delivered"
+//! means written to a call that was still up a confirm window after its
+//! first write (gRPC gives no per-message acknowledgement): messages written
+//! before that are held, and become delivered when the window passes, are
+//! queued again on UNIMPLEMENTED, or are reported when the call ends
+//! otherwise. Once a call is confirmed, a later failure loses what was in
+//! flight, as upstream does; Raft retransmits.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -25,8 +44,11 @@ use std::time::{Duration, Instant};
 use futures::executor::ThreadPool;
 use futures::future::{self, Either};
 use futures::SinkExt;
-use grpcio::{ChannelBuilder, Environment, RpcStatusCode, WriteFlags};
-use kvproto::raft_serverpb::RaftMessage;
+use grpcio::{
+    CallOption, ChannelBuilder, ClientCStreamReceiver, ClientCStreamSender, Environment,
+    MetadataBuilder, RpcStatus, RpcStatusCode, WriteFlags,
+};
+use kvproto::raft_serverpb::{Done, RaftMessage};
 use kvproto::tikvpb::{BatchRaftMessage, TikvClient};
 use protobuf::Message;
 use slog::{error, info, warn, Logger};
@@ -35,6 +57,31 @@ use super::config::Config;
 use super::metrics::*;
 use super::raft_extension::RaftExtension;
 use super::resolve::{self, StoreAddrResolver};
+use super::service::StoreNotMatch;
+
+/// The `source_store_id` call header: the sending store's id in decimal,
+/// sent on `Raft` and `BatchRaft` (upstream: `MetadataSourceStoreId` in
+/// tikv/tikv `src/server/raft_client.rs`).
+pub struct MetadataSourceStoreId;
+
+impl MetadataSourceStoreId {
+    /// The header's key.
+    pub const KEY: &'static str = "source_store_id";
+
+    /// The header's value for `store_id`.
+    pub fn format(store_id: u64) -> String {
+        store_id.to_string()
+    }
+
+    /// The store id in a header value; `None` when it is not a decimal u64.
+    pub fn parse(value: &[u8]) -> Option<u64> {
+        let s = std::str::from_utf8(value).ok()?;
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        s.parse().ok()
+    }
+}
 
 /// Why `send` refused a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,6 +176,19 @@ impl Queue {
         g.closed = true;
         Self::wake(&mut g);
         g.buf.drain(..).collect()
+    }
+
+    /// Puts messages taken earlier back at the front, in order, whatever
+    /// the capacity (they were accepted once). A closed queue hands them back.
+    fn requeue_front(&self, msgs: Vec<RaftMessage>) -> Vec<RaftMessage> {
+        let mut g = self.inner.lock().unwrap();
+        if g.closed {
+            return msgs;
+        }
+        for m in msgs.into_iter().rev() {
+            g.buf.push_front(m);
+        }
+        Vec::new()
     }
 
     fn is_closed(&self) -> bool {
@@ -649,11 +709,6 @@ async fn resolve_addr<R: StoreAddrResolver>(r: &R, store_id: u64) -> resolve::Re
         .unwrap_or_else(|_| Err(resolve::Error::Other("resolver dropped the request".into())))
 }
 
-enum StreamEnd {
-    Closed,
-    Failed(String),
-}
-
 async fn run_connection<R: StoreAddrResolver + Sync, E: RaftExtension>(
     shared: Arc<Shared<R, E>>,
     store_id: u64,
@@ -665,6 +720,61 @@ async fn run_connection<R: StoreAddrResolver + Sync, E: RaftExtension>(
     RAFT_CLIENT_CONNECTIONS.dec();
 }
 
+/// How a call ended.
+enum CallEnd {
+    /// The queue was closed: a tombstone verdict or `stop`.
+    Closed,
+    /// The peer does not implement the method.
+    Unimplemented,
+    /// The peer cancelled the call. A peer whose handler refuses a method
+    /// while dropping the request (grpcio's default `unimplemented_call!`)
+    /// races its UNIMPLEMENTED against this.
+    Cancelled(String),
+    /// The peer at the address is another store.
+    StoreNotMatch(StoreNotMatch),
+    /// Anything else: connect timeout, reset, a status from the peer.
+    Failed(String),
+}
+
+/// What a call left behind for the connection loop.
+struct CallOutcome {
+    end: CallEnd,
+    /// The call stayed up for the confirm window after its first write.
+    confirmed: bool,
+    /// Written but not confirmed: queued again or reported by the caller.
+    unconfirmed: Vec<RaftMessage>,
+}
+
+impl CallOutcome {
+    fn failed(e: String) -> CallOutcome {
+        CallOutcome {
+            end: CallEnd::Failed(e),
+            confirmed: false,
+            unconfirmed: Vec::new(),
+        }
+    }
+}
+
+fn classify_status(s: RpcStatus) -> CallEnd {
+    let text = || format!("{:?} {:?}", s.code(), s.message());
+    match s.code() {
+        RpcStatusCode::UNIMPLEMENTED => CallEnd::Unimplemented,
+        RpcStatusCode::CANCELLED => CallEnd::Cancelled(text()),
+        _ => match StoreNotMatch::from_status(&s) {
+            Some(e) => CallEnd::StoreNotMatch(e),
+            None => CallEnd::Failed(text()),
+        },
+    }
+}
+
+fn classify_result(r: grpcio::Result<Done>) -> CallEnd {
+    match r {
+        Ok(_) => CallEnd::Failed("the peer ended the call".to_owned()),
+        Err(grpcio::Error::RpcFailure(s)) => classify_status(s),
+        Err(e) => CallEnd::Failed(format!("{:?}", e)),
+    }
+}
+
 async fn connection_loop<R: StoreAddrResolver + Sync, E: RaftExtension>(
     shared: &Arc<Shared<R, E>>,
     store_id: u64,
@@ -673,10 +783,14 @@ async fn connection_loop<R: StoreAddrResolver + Sync, E: RaftExtension>(
 ) {
     let cfg = &shared.cfg;
     let initial = cfg.initial_backoff();
+    let log_interval = cfg.raft_client_not_found_log_interval.0;
     let mut connect_backoff = initial;
     let mut last_other_log = None;
+    let mut last_fail_log = None;
     let mut batch_supported: Option<bool> = None;
     let mut last_addr = String::new();
+    // The address that answered store-not-match, until resolved again.
+    let mut mismatched: Option<String> = None;
     loop {
         if q.is_closed() {
             return;
@@ -710,8 +824,7 @@ async fn connection_loop<R: StoreAddrResolver + Sync, E: RaftExtension>(
                     .with_label_values(&["failed"])
                     .inc();
                 let now = Instant::now();
-                let interval = cfg.raft_client_not_found_log_interval.0;
-                if tikv_util::throttle_elapsed(&mut last_other_log, now, interval) {
+                if tikv_util::throttle_elapsed(&mut last_other_log, now, log_interval) {
                     warn!(shared.logger, "resolve store address failed, will retry";
                         "store_id" => store_id, "err" => %e);
                 }
@@ -723,6 +836,14 @@ async fn connection_loop<R: StoreAddrResolver + Sync, E: RaftExtension>(
                 continue;
             }
         };
+        if mismatched.take().as_deref() == Some(addr.as_str()) {
+            // PD still names the address another store answered on.
+            let next = Instant::now() + connect_backoff;
+            connect_backoff = (connect_backoff * 2).min(cfg.raft_client_max_backoff.0);
+            if !shared.backoff(store_id, q, next, "store_not_match").await {
+                return;
+            }
+        }
         if addr != last_addr {
             batch_supported = None;
             last_addr = addr.clone();
@@ -740,41 +861,73 @@ async fn connection_loop<R: StoreAddrResolver + Sync, E: RaftExtension>(
         let connected = ch
             .wait_for_connected(cfg.raft_client_connect_timeout.0)
             .await;
-        let end = if connected {
+        let out = if connected {
             RAFT_CLIENT_CONNECTION_COUNTER
                 .with_label_values(&["connected"])
                 .inc();
-            connect_backoff = initial;
             stream(
                 shared,
                 store_id,
                 conn_id,
                 q,
-                TikvClient::new(ch),
+                &TikvClient::new(ch),
                 &mut batch_supported,
             )
             .await
         } else {
-            StreamEnd::Failed(format!("connect to {} timed out", addr))
+            CallOutcome::failed(format!("connect to {} timed out", addr))
         };
-        match end {
-            StreamEnd::Closed => return,
-            StreamEnd::Failed(e) => {
+        if out.confirmed {
+            // Only a call that worked for a while ends a failure streak.
+            connect_backoff = initial;
+            last_fail_log = None;
+        }
+        let reason = match &out.end {
+            CallEnd::Closed => {
+                shared.report_msgs(store_id, out.unconfirmed, "stopped");
+                return;
+            }
+            CallEnd::StoreNotMatch(e) => {
+                RAFT_CLIENT_CONNECTION_COUNTER
+                    .with_label_values(&["store_not_match"])
+                    .inc();
+                if tikv_util::throttle_elapsed(&mut last_fail_log, Instant::now(), log_interval) {
+                    warn!(shared.logger, "the store's address is served by another store, resolve it again";
+                        "store_id" => store_id, "conn_id" => conn_id, "addr" => &addr,
+                        "to_store_id" => e.to_store_id, "my_store_id" => e.my_store_id);
+                }
+                "store_not_match"
+            }
+            CallEnd::Unimplemented | CallEnd::Cancelled(_) | CallEnd::Failed(_) => {
                 RAFT_CLIENT_CONNECTION_COUNTER
                     .with_label_values(&["failed"])
                     .inc();
-                warn!(shared.logger, "connection to store failed, will reconnect";
-                    "store_id" => store_id, "conn_id" => conn_id, "addr" => &addr, "err" => e);
-                shared.router.report_store_unreachable(store_id);
-                shared.report_pending(store_id, q, "unreachable");
-                // The address may have moved: ask PD again next time.
-                shared.resolver.invalidate(store_id);
-                let next = Instant::now() + connect_backoff;
-                connect_backoff = (connect_backoff * 2).min(cfg.raft_client_max_backoff.0);
-                if !shared.backoff(store_id, q, next, "unreachable").await {
-                    return;
+                if tikv_util::throttle_elapsed(&mut last_fail_log, Instant::now(), log_interval) {
+                    let err = match &out.end {
+                        CallEnd::Failed(e) | CallEnd::Cancelled(e) => e.as_str(),
+                        _ => "the peer implements neither BatchRaft nor Raft",
+                    };
+                    warn!(shared.logger, "connection to store failed, will reconnect";
+                        "store_id" => store_id, "conn_id" => conn_id, "addr" => &addr,
+                        "err" => err, "backoff" => ?connect_backoff);
                 }
+                "unreachable"
             }
+        };
+        shared.router.report_store_unreachable(store_id);
+        shared.report_msgs(store_id, out.unconfirmed, reason);
+        shared.report_pending(store_id, q, reason);
+        // The address may have moved, or belong to another store now: ask
+        // PD again next time.
+        shared.resolver.invalidate(store_id);
+        if matches!(out.end, CallEnd::StoreNotMatch(_)) {
+            mismatched = Some(addr);
+            continue;
+        }
+        let next = Instant::now() + connect_backoff;
+        connect_backoff = (connect_backoff * 2).min(cfg.raft_client_max_backoff.0);
+        if !shared.backoff(store_id, q, next, reason).await {
+            return;
         }
     }
 }
@@ -796,134 +949,259 @@ fn drop_oversized<R: StoreAddrResolver + Sync, E: RaftExtension>(
     msgs
 }
 
-/// Asks whether the peer implements `BatchRaft`: an empty batch on a
-/// stream closed at once is answered `Done`, or UNIMPLEMENTED.
-async fn probe_batch_raft(client: &TikvClient) -> grpcio::Result<bool> {
-    let (mut sink, recv) = client.batch_raft()?;
-    let sent = sink
-        .send((BatchRaftMessage::default(), WriteFlags::default()))
-        .await;
-    let closed = match sent {
-        Ok(()) => sink.close().await,
-        Err(e) => Err(e),
-    };
-    match recv.await {
-        Ok(_) => closed.map(|_| true),
-        Err(grpcio::Error::RpcFailure(s)) if s.code() == RpcStatusCode::UNIMPLEMENTED => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// Waits for queued messages and takes a batch; ends when the queue is
-/// closed or the peer ends the call.
-async fn next_batch<R, E, F>(
-    shared: &Shared<R, E>,
-    store_id: u64,
-    q: &Queue,
-    call_end: &mut F,
-    call: &str,
-) -> Result<Vec<RaftMessage>, StreamEnd>
-where
-    R: StoreAddrResolver + Sync,
-    E: RaftExtension,
-    F: Future + Unpin,
-    F::Output: std::fmt::Debug,
-{
-    let limit = shared.cfg.max_grpc_send_msg_len.0 as usize;
-    // Room for the batch's own fields.
-    let max_bytes = limit.saturating_sub(16).max(1);
-    loop {
-        match future::select(Box::pin(q.event(false)), &mut *call_end).await {
-            Either::Left((Event::Closed, _)) => return Err(StreamEnd::Closed),
-            Either::Left(_) => {}
-            Either::Right((r, _)) => {
-                return Err(StreamEnd::Failed(format!("{} stream ended: {:?}", call, r)))
-            }
-        }
-        let msgs = q.take_batch(shared.cfg.raft_msg_max_batch_size, max_bytes);
-        let msgs = drop_oversized(shared, store_id, msgs, max_bytes);
-        if !msgs.is_empty() {
-            return Ok(msgs);
-        }
-    }
-}
-
 fn target(m: &RaftMessage) -> (u64, u64) {
     (m.get_region_id(), m.get_to_peer().get_id())
 }
 
+/// The call options of every raft call: the `source_store_id` header.
+fn call_option(self_store_id: u64) -> CallOption {
+    let mut md = MetadataBuilder::with_capacity(1);
+    md.add_str(
+        MetadataSourceStoreId::KEY,
+        &MetadataSourceStoreId::format(self_store_id),
+    )
+    .expect("a decimal header value is valid");
+    CallOption::default().headers(md.build())
+}
+
+/// The writing half of a `BatchRaft` or `Raft` call.
+enum CallSink {
+    Batch(ClientCStreamSender<BatchRaftMessage>),
+    Single(ClientCStreamSender<RaftMessage>),
+}
+
+impl CallSink {
+    fn kind(&self) -> &'static str {
+        match self {
+            CallSink::Batch(_) => "batch",
+            CallSink::Single(_) => "raft",
+        }
+    }
+
+    /// Writes `msgs`; on failure also says how many were written first.
+    async fn write(&mut self, msgs: Vec<RaftMessage>) -> Result<(), (grpcio::Error, usize)> {
+        match self {
+            CallSink::Batch(s) => {
+                let mut b = BatchRaftMessage::default();
+                b.set_msgs(msgs.into());
+                b.set_last_observed_time(tikv_util::unix_nanos_now());
+                s.send((b, WriteFlags::default())).await.map_err(|e| (e, 0))
+            }
+            CallSink::Single(s) => {
+                let n = msgs.len();
+                for (i, m) in msgs.into_iter().enumerate() {
+                    let flags = WriteFlags::default().buffer_hint(i + 1 < n);
+                    s.send((m, flags)).await.map_err(|e| (e, i))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+enum CallEvent {
+    End(grpcio::Result<Done>),
+    Queue(Event),
+    Confirm,
+}
+
+/// Once a write failed the call is over. The write's error and the call's
+/// status can differ (CANCELLED on one, UNIMPLEMENTED on the other): either
+/// saying UNIMPLEMENTED means a fallback, as upstream's client decides;
+/// otherwise the call's own status says why it ended.
+async fn end_after_write_error(
+    recv: &mut std::pin::Pin<Box<ClientCStreamReceiver<Done>>>,
+    err: grpcio::Error,
+    wait: Duration,
+) -> CallEnd {
+    let from_write = match err {
+        grpcio::Error::RpcFailure(s) | grpcio::Error::RpcFinished(Some(s)) => classify_status(s),
+        e => CallEnd::Failed(format!("{:?}", e)),
+    };
+    match future::select(recv.as_mut(), tikv_util::timer::sleep(wait)).await {
+        Either::Left((Err(e), _)) if !matches!(from_write, CallEnd::Unimplemented) => {
+            classify_result(Err(e))
+        }
+        _ => from_write,
+    }
+}
+
+/// Drains the queue into one call until the queue is closed or the call
+/// ends. Messages written before the call is confirmed are held (cloned)
+/// until it is; at most a queue's worth, after which the call counts as
+/// confirmed.
+async fn run_call<R: StoreAddrResolver + Sync, E: RaftExtension>(
+    shared: &Shared<R, E>,
+    store_id: u64,
+    q: &Queue,
+    mut sink: CallSink,
+    recv: ClientCStreamReceiver<Done>,
+) -> CallOutcome {
+    let cfg = &shared.cfg;
+    let delivered = &shared.stats.delivered;
+    // Room for the batch's own fields.
+    let max_bytes = (cfg.max_grpc_send_msg_len.0 as usize)
+        .saturating_sub(32)
+        .max(1);
+    let hold_cap = cfg.queue_size_per_conn();
+    let mut recv = Box::pin(recv);
+    let mut held: Vec<RaftMessage> = Vec::new();
+    let mut confirm_at: Option<Instant> = None;
+    let mut timer: Option<tikv_util::timer::Delay> = None;
+    let mut confirmed = false;
+    loop {
+        if !confirmed && confirm_at.is_some_and(|t| Instant::now() >= t) {
+            confirmed = true;
+            timer = None;
+            delivered.fetch_add(held.len() as u64, Ordering::SeqCst);
+            held = Vec::new();
+        }
+        // The peer's answer first: nothing more is written to a refused call.
+        let ev = future::poll_fn(|cx| {
+            if let Poll::Ready(r) = recv.as_mut().poll(cx) {
+                return Poll::Ready(CallEvent::End(r));
+            }
+            if let Poll::Ready(e) = q.poll_event(cx, false) {
+                return Poll::Ready(CallEvent::Queue(e));
+            }
+            if let Some(t) = timer.as_mut() {
+                if std::pin::Pin::new(t).poll(cx).is_ready() {
+                    return Poll::Ready(CallEvent::Confirm);
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        let msgs = match ev {
+            CallEvent::End(r) => {
+                return CallOutcome {
+                    end: classify_result(r),
+                    confirmed,
+                    unconfirmed: held,
+                }
+            }
+            CallEvent::Queue(Event::Closed) => {
+                return CallOutcome {
+                    end: CallEnd::Closed,
+                    confirmed,
+                    unconfirmed: held,
+                }
+            }
+            CallEvent::Queue(Event::Messages) => {
+                let msgs = q.take_batch(cfg.raft_msg_max_batch_size, max_bytes);
+                drop_oversized(shared, store_id, msgs, max_bytes)
+            }
+            CallEvent::Queue(Event::Interrupted) | CallEvent::Confirm => continue,
+        };
+        if msgs.is_empty() {
+            continue;
+        }
+        let n = msgs.len();
+        let targets: Vec<_> = if confirmed {
+            msgs.iter().map(target).collect()
+        } else {
+            if confirm_at.is_none() {
+                let t = Instant::now() + cfg.raft_client_call_confirm_window.0;
+                confirm_at = Some(t);
+                timer = Some(tikv_util::timer::delay(t));
+            }
+            held.extend(msgs.iter().cloned());
+            Vec::new()
+        };
+        match sink.write(msgs).await {
+            Ok(()) => {
+                RAFT_MESSAGE_FLUSH_COUNTER
+                    .with_label_values(&[sink.kind()])
+                    .inc();
+                if confirmed {
+                    delivered.fetch_add(n as u64, Ordering::SeqCst);
+                } else if held.len() >= hold_cap {
+                    confirmed = true;
+                    timer = None;
+                    delivered.fetch_add(held.len() as u64, Ordering::SeqCst);
+                    held = Vec::new();
+                }
+            }
+            Err((e, written)) => {
+                if confirmed {
+                    delivered.fetch_add(written as u64, Ordering::SeqCst);
+                    shared.report_targets(store_id, &targets[written..], "send");
+                }
+                let end =
+                    end_after_write_error(&mut recv, e, cfg.raft_client_connect_timeout.0).await;
+                return CallOutcome {
+                    end,
+                    confirmed,
+                    unconfirmed: held,
+                };
+            }
+        }
+    }
+}
+
+/// Immediate `BatchRaft` retries after the peer cancelled an unconfirmed
+/// first call (see [`CallEnd::Cancelled`]).
+const MAX_CANCELLED_RETRIES: usize = 3;
+
+/// Streams the queue to a connected peer: `BatchRaft` first, `Raft` when
+/// the peer does not implement it (remembered per address). No probe: the
+/// first call carries messages, and what a refused call was given is queued
+/// again: for the fallback on UNIMPLEMENTED, or for another `BatchRaft`
+/// call when the peer cancelled a first call before it was confirmed (the
+/// refusal may have raced its UNIMPLEMENTED; a few times at most).
 async fn stream<R: StoreAddrResolver + Sync, E: RaftExtension>(
     shared: &Shared<R, E>,
     store_id: u64,
     conn_id: usize,
     q: &Queue,
-    client: TikvClient,
+    client: &TikvClient,
     batch_supported: &mut Option<bool>,
-) -> StreamEnd {
-    let batch = match *batch_supported {
-        Some(b) => b,
-        None => match probe_batch_raft(&client).await {
-            Ok(b) => {
-                if !b {
-                    info!(shared.logger, "peer does not implement BatchRaft, fall back to Raft";
-                        "store_id" => store_id, "conn_id" => conn_id);
-                }
-                *batch_supported = Some(b);
-                b
-            }
-            Err(e) => return StreamEnd::Failed(format!("{:?}", e)),
-        },
-    };
-    if batch {
-        let (mut sink, recv) = match client.batch_raft() {
-            Ok(c) => c,
-            Err(e) => return StreamEnd::Failed(format!("{:?}", e)),
+) -> CallOutcome {
+    let mut cancelled = 0;
+    loop {
+        let batch = *batch_supported != Some(false);
+        let opt = call_option(shared.self_store_id);
+        let opened = if batch {
+            client
+                .batch_raft_opt(opt)
+                .map(|(s, r)| (CallSink::Batch(s), r))
+        } else {
+            client.raft_opt(opt).map(|(s, r)| (CallSink::Single(s), r))
         };
-        let mut recv = Box::pin(recv);
-        loop {
-            let msgs = match next_batch(shared, store_id, q, &mut recv, "BatchRaft").await {
-                Ok(m) => m,
-                Err(end) => return end,
-            };
-            let targets: Vec<_> = msgs.iter().map(target).collect();
-            let mut b = BatchRaftMessage::default();
-            b.set_msgs(msgs.into());
-            if let Err(e) = sink.send((b, WriteFlags::default())).await {
-                shared.report_targets(store_id, &targets, "send");
-                return StreamEnd::Failed(format!("{:?}", e));
-            }
-            shared
-                .stats
-                .delivered
-                .fetch_add(targets.len() as u64, Ordering::SeqCst);
-            RAFT_MESSAGE_FLUSH_COUNTER
-                .with_label_values(&["batch"])
-                .inc();
-        }
-    } else {
-        let (mut sink, recv) = match client.raft() {
+        let (sink, recv) = match opened {
             Ok(c) => c,
-            Err(e) => return StreamEnd::Failed(format!("{:?}", e)),
+            Err(e) => return CallOutcome::failed(format!("{:?}", e)),
         };
-        let mut recv = Box::pin(recv);
-        loop {
-            let msgs = match next_batch(shared, store_id, q, &mut recv, "Raft").await {
-                Ok(m) => m,
-                Err(end) => return end,
-            };
-            let targets: Vec<_> = msgs.iter().map(target).collect();
-            let total = msgs.len();
-            for (i, m) in msgs.into_iter().enumerate() {
-                let flags = WriteFlags::default().buffer_hint(i + 1 < total);
-                if let Err(e) = sink.send((m, flags)).await {
-                    shared.report_targets(store_id, &targets[i..], "send");
-                    return StreamEnd::Failed(format!("{:?}", e));
-                }
-                shared.stats.delivered.fetch_add(1, Ordering::SeqCst);
+        let out = run_call(shared, store_id, q, sink, recv).await;
+        match out.end {
+            CallEnd::Unimplemented if batch => {
+                info!(shared.logger, "peer does not implement BatchRaft, fall back to Raft";
+                    "store_id" => store_id, "conn_id" => conn_id,
+                    "requeued" => out.unconfirmed.len());
+                RAFT_CLIENT_CONNECTION_COUNTER
+                    .with_label_values(&["fallback"])
+                    .inc();
+                *batch_supported = Some(false);
             }
-            RAFT_MESSAGE_FLUSH_COUNTER
-                .with_label_values(&["raft"])
-                .inc();
+            CallEnd::Cancelled(_)
+                if batch
+                    && batch_supported.is_none()
+                    && !out.confirmed
+                    && cancelled < MAX_CANCELLED_RETRIES =>
+            {
+                cancelled += 1;
+                RAFT_CLIENT_CONNECTION_COUNTER
+                    .with_label_values(&["cancelled_retry"])
+                    .inc();
+            }
+            _ => {
+                if batch && out.confirmed {
+                    *batch_supported = Some(true);
+                }
+                return out;
+            }
         }
+        let refused = q.requeue_front(out.unconfirmed);
+        shared.report_msgs(store_id, refused, "stopped");
     }
 }

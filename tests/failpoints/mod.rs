@@ -2,6 +2,9 @@
 //! (`make test` runs them). Failpoints are process-global, so every test
 //! holds a `FailScenario`, which runs them one at a time.
 
+#[path = "../integrations/upstream_peer.rs"]
+#[allow(dead_code)]
+mod upstream_peer;
 #[path = "../integrations/util.rs"]
 #[allow(dead_code)]
 mod util;

@@ -16,7 +16,7 @@ const T: Duration = Duration::from_secs(10);
 fn transport_on_resolve_fails_only_the_chosen_store() {
     let _s = fail::FailScenario::setup();
     let pd = PdServer::single();
-    let node = Node::start(7, "127.0.0.1:0", |s| s);
+    let node = Node::start(Receiver::Ours, 7, "127.0.0.1:0");
     pd.add_store(7, &node.addr());
     pd.add_store(8, "127.0.0.1:20168");
     let (_w, r) = resolver(&pd, FakeExtension, ResolverConfig::default());

@@ -16,32 +16,48 @@ const T: Duration = Duration::from_secs(20);
 
 #[test]
 fn delivers_in_batches() {
-    let pd = PdServer::single();
-    let node = Node::start(2, "127.0.0.1:0", |s| s);
-    pd.add_store(2, &node.addr());
-    let log = LogCapture::new();
-    let (_w, mut c, _) = raft_client(&pd, 1, fast_cfg(), &log);
-    for i in 0..300 {
-        c.send(msg(i, 1, 2)).unwrap();
+    for kind in RECEIVERS {
+        let pd = PdServer::single();
+        let node = Node::start(kind, 2, "127.0.0.1:0");
+        pd.add_store(2, &node.addr());
+        let log = LogCapture::new();
+        let (_w, mut c, _) = raft_client(&pd, 1, fast_cfg(), &log);
+        for i in 0..300 {
+            c.send(msg(i, 1, 2)).unwrap();
+        }
+        c.flush();
+        wait_until(T, "300 messages fed", || node.ext.fed_count() == 300);
+        assert!(
+            node.batches() >= 3,
+            "{:?}: {} batches",
+            kind,
+            node.batches()
+        );
+        assert!(node.batches() < 300, "messages were batched");
+        assert!(node.max_batch() <= 128);
+        // Order is kept within a connection.
+        let regions: Vec<u64> = node
+            .ext
+            .with(|r| r.fed.iter().map(|m| m.get_region_id()).collect());
+        assert_eq!(regions, (0..300).collect::<Vec<_>>());
+        // One call carried everything: nothing was refused or retried.
+        assert_eq!(node.calls(), 1, "{:?}", kind);
+        let s = assert_balanced(&c);
+        assert_eq!(s.delivered, 300);
+        assert_eq!(s.reported_unreachable, 0);
     }
-    c.flush();
-    wait_until(T, "300 messages fed", || node.ext.fed_count() == 300);
-    assert!(node.svc.batches() >= 3, "{} batches", node.svc.batches());
-    assert!(node.svc.batches() < 300, "messages were batched");
-    assert!(node.svc.max_batch() <= 128);
-    // Order is kept within a connection.
-    let regions: Vec<u64> = node
-        .ext
-        .with(|r| r.fed.iter().map(|m| m.get_region_id()).collect());
-    assert_eq!(regions, (0..300).collect::<Vec<_>>());
-    let s = assert_balanced(&c);
-    assert_eq!(s.delivered, 300);
 }
 
 #[test]
 fn batches_respect_max_grpc_send_msg_len() {
+    for kind in RECEIVERS {
+        batches_respect_max_grpc_send_msg_len_with(kind);
+    }
+}
+
+fn batches_respect_max_grpc_send_msg_len_with(kind: Receiver) {
     let pd = PdServer::single();
-    let node = Node::start(2, "127.0.0.1:0", |s| s);
+    let node = Node::start(kind, 2, "127.0.0.1:0");
     pd.add_store(2, &node.addr());
     let cfg = Config {
         max_grpc_send_msg_len: ReadableSize(2048),
@@ -61,32 +77,125 @@ fn batches_respect_max_grpc_send_msg_len() {
     c.send(big).unwrap();
     c.flush();
     wait_until(T, "40 messages fed", || node.ext.fed_count() == 40);
-    assert!(
-        node.svc.max_batch() <= 6,
-        "max batch {}",
-        node.svc.max_batch()
-    );
+    assert!(node.max_batch() <= 6, "max batch {}", node.max_batch());
     let s = assert_balanced(&c);
     assert_eq!((s.delivered, s.reported_unreachable), (40, 1));
 }
 
+/// A peer that predates `BatchRaft` refuses the first call before reading
+/// it; what was written to it is sent again over `Raft`, in order. Run
+/// several times: the refusal races the writes (and shows up as CANCELLED
+/// on a write now and then).
 #[test]
 fn falls_back_to_raft_when_batch_raft_is_unimplemented() {
+    let unregistered = PeerOptions {
+        no_batch_raft: true,
+        ..Default::default()
+    };
+    let by_default = PeerOptions {
+        batch_raft_by_default: true,
+        ..Default::default()
+    };
+    let cancels_first = PeerOptions {
+        cancel_first_batch_calls: 2,
+        ..Default::default()
+    };
+    let shapes = [
+        (Receiver::Ours, unregistered),
+        (Receiver::Upstream, unregistered),
+        (Receiver::Upstream, by_default),
+        (Receiver::Upstream, cancels_first),
+    ];
+    for (kind, peer) in shapes {
+        for round in 0..5 {
+            let pd = PdServer::single();
+            let opts = NodeOptions {
+                peer,
+                ..Default::default()
+            };
+            let node = Node::start_with(kind, 2, "127.0.0.1:0", opts);
+            pd.add_store(2, &node.addr());
+            let log = LogCapture::new();
+            let (_w, mut c, _) = raft_client(&pd, 1, fast_cfg(), &log);
+            for i in 0..300 {
+                c.send(msg(i, 1, 2)).unwrap();
+            }
+            c.flush();
+            let deadline = Instant::now() + T;
+            while node.ext.fed_count() != 300 {
+                if Instant::now() > deadline {
+                    for r in log.records() {
+                        eprintln!("{:?} {} {:?}", r.level, r.msg, r.kvs);
+                    }
+                    panic!(
+                        "{:?} {:?} round {}: fed {}, {:?}",
+                        kind,
+                        peer,
+                        round,
+                        node.ext.fed_count(),
+                        c.stats()
+                    );
+                }
+                std::thread::park_timeout(Duration::from_millis(5));
+            }
+            assert_eq!(node.batches(), 0);
+            let regions: Vec<u64> = node
+                .ext
+                .with(|r| r.fed.iter().map(|m| m.get_region_id()).collect());
+            assert_eq!(
+                regions,
+                (0..300).collect::<Vec<_>>(),
+                "{:?} {}",
+                peer,
+                round
+            );
+            let s = assert_balanced(&c);
+            assert_eq!(s.delivered, 300);
+            assert_eq!(
+                s.reported_unreachable, 0,
+                "{:?} {:?} round {}: nothing lost to the refused call",
+                kind, peer, round
+            );
+            if let Some(p) = node.upstream() {
+                assert_eq!(p.cancelled(), peer.cancel_first_batch_calls);
+            }
+            // The fallback is remembered: later sends need no new BatchRaft call.
+            let calls = node.calls();
+            c.send(msg(300, 1, 2)).unwrap();
+            c.flush();
+            wait_until(T, "one more message", || node.ext.fed_count() == 301);
+            assert_eq!(node.calls(), calls);
+        }
+    }
+}
+
+/// A peer that cancels every `BatchRaft` call unread: a few immediate
+/// retries, then a stream failure. CANCELLED alone is no reason to fall
+/// back, and nothing is lost or stuck: every message is reported.
+#[test]
+fn peer_cancelling_every_batch_call_is_a_stream_failure() {
     let pd = PdServer::single();
-    let node = Node::start(2, "127.0.0.1:0", |s| s.without_batch_raft());
+    let opts = NodeOptions {
+        peer: PeerOptions {
+            cancel_first_batch_calls: u64::MAX,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let node = Node::start_with(Receiver::Upstream, 2, "127.0.0.1:0", opts);
     pd.add_store(2, &node.addr());
-    let (_w, mut c, _) = raft_client(&pd, 1, fast_cfg(), &LogCapture::new());
-    for i in 0..50 {
+    let (_w, mut c, ext) = raft_client(&pd, 1, fast_cfg(), &LogCapture::new());
+    for i in 0..10 {
         c.send(msg(i, 1, 2)).unwrap();
     }
     c.flush();
-    wait_until(T, "50 messages fed over Raft", || {
-        node.ext.fed_count() == 50
-    });
-    assert_eq!(node.svc.batches(), 0);
     let s = assert_balanced(&c);
-    assert_eq!(s.delivered, 50);
-    assert_eq!(s.reported_unreachable, 0, "nothing lost to the probe");
+    assert_eq!((s.delivered, s.reported_unreachable), (0, 10));
+    assert!(ext.store_unreachable_count(2) >= 1);
+    let peer = node.upstream().unwrap();
+    // The first connection attempt: one call and three retries.
+    assert!(peer.cancelled() >= 4, "{}", peer.cancelled());
+    assert_eq!(peer.raft_calls(), 0, "no fallback on CANCELLED alone");
 }
 
 /// Sends one message per call until `node` has fed `want` messages.
@@ -108,36 +217,42 @@ fn pump(c: &mut Client, node: &Node, from: u64, want: usize) {
 
 #[test]
 fn reconnects_after_peer_restart_on_same_address() {
-    let pd = PdServer::single();
-    let mut node = Node::start(2, "127.0.0.1:0", |s| s);
-    let addr = node.addr();
-    pd.add_store(2, &addr);
-    let (_w, mut c, ext) = raft_client(&pd, 1, fast_cfg(), &LogCapture::new());
-    pump(&mut c, &node, 1, 1);
-    node.server.stop();
-    let node2 = Node::start(2, &addr, |s| s);
-    pump(&mut c, &node2, 1, 1);
-    let s = assert_balanced(&c);
-    assert!(s.delivered >= 2);
-    let _ = ext;
+    for kind in RECEIVERS {
+        let pd = PdServer::single();
+        let mut node = Node::start(kind, 2, "127.0.0.1:0");
+        let addr = node.addr();
+        pd.add_store(2, &addr);
+        let (_w, mut c, _) = raft_client(&pd, 1, fast_cfg(), &LogCapture::new());
+        pump(&mut c, &node, 1, 1);
+        node.stop();
+        let node2 = Node::start(kind, 2, &addr);
+        pump(&mut c, &node2, 1, 1);
+        // The first call broke within its confirm window: what it carried is
+        // reported rather than counted delivered; the second call's is not.
+        let s = assert_balanced(&c);
+        assert!(s.delivered >= 1, "{:?}", s);
+        assert!(node.ext.fed_count() >= 1 && node2.ext.fed_count() >= 1);
+    }
 }
 
 #[test]
 fn reconnects_to_new_address_from_pd() {
-    let pd = PdServer::single();
-    let mut node = Node::start(2, "127.0.0.1:0", |s| s);
-    pd.add_store(2, &node.addr());
-    let (_w, mut c, ext) = raft_client(&pd, 1, fast_cfg(), &LogCapture::new());
-    pump(&mut c, &node, 1, 1);
-    node.server.stop();
-    let moved = Node::start(2, "127.0.0.1:0", |s| s);
-    pd.set_store_address(2, &moved.addr());
-    pump(&mut c, &moved, 1, 1);
-    assert!(
-        ext.store_unreachable_count(2) >= 1,
-        "the broken connection was reported"
-    );
-    assert_balanced(&c);
+    for kind in RECEIVERS {
+        let pd = PdServer::single();
+        let mut node = Node::start(kind, 2, "127.0.0.1:0");
+        pd.add_store(2, &node.addr());
+        let (_w, mut c, ext) = raft_client(&pd, 1, fast_cfg(), &LogCapture::new());
+        pump(&mut c, &node, 1, 1);
+        node.stop();
+        let moved = Node::start(kind, 2, "127.0.0.1:0");
+        pd.set_store_address(2, &moved.addr());
+        pump(&mut c, &moved, 1, 1);
+        assert!(
+            ext.store_unreachable_count(2) >= 1,
+            "the broken connection was reported"
+        );
+        assert_balanced(&c);
+    }
 }
 
 #[test]
@@ -275,21 +390,29 @@ fn not_found_warnings_are_throttled_per_interval() {
 
 #[test]
 fn cold_start_store_registered_later_recovers() {
-    let pd = PdServer::single();
-    let node = Node::start(3, "127.0.0.1:0", |s| s);
-    let (_w, mut c, _) = raft_client(&pd, 1, fast_cfg(), &LogCapture::new());
-    c.send(msg(1, 1, 3)).unwrap();
-    c.flush();
-    wait_until(T, "not-found episode", || c.not_found_episode(3).is_some());
-    pd.add_store(3, &node.addr());
-    pump(&mut c, &node, 1, 1);
-    wait_until(T, "episode over", || c.not_found_episode(3).is_none());
-    assert!(!c.is_tombstone(3));
-    assert_balanced(&c);
+    for kind in RECEIVERS {
+        let pd = PdServer::single();
+        let node = Node::start(kind, 3, "127.0.0.1:0");
+        let (_w, mut c, _) = raft_client(&pd, 1, fast_cfg(), &LogCapture::new());
+        c.send(msg(1, 1, 3)).unwrap();
+        c.flush();
+        wait_until(T, "not-found episode", || c.not_found_episode(3).is_some());
+        pd.add_store(3, &node.addr());
+        pump(&mut c, &node, 1, 1);
+        wait_until(T, "episode over", || c.not_found_episode(3).is_none());
+        assert!(!c.is_tombstone(3));
+        assert_balanced(&c);
+    }
 }
 
 #[test]
 fn message_from_store_ends_not_found_wait_at_once() {
+    for kind in RECEIVERS {
+        message_from_store_ends_not_found_wait_at_once_with(kind);
+    }
+}
+
+fn message_from_store_ends_not_found_wait_at_once_with(kind: Receiver) {
     let pd = PdServer::single();
     // Backoffs of an hour: only evidence of life can end the wait in time.
     let slow = Config {
@@ -302,11 +425,13 @@ fn message_from_store_ends_not_found_wait_at_once() {
     let log = LogCapture::new();
     let (_w1, c1, _) = raft_client(&pd, 1, slow, &log);
     let alive_client = c1.clone();
-    let node1 = Node::start(1, "127.0.0.1:0", |s| {
-        s.with_store_alive_hook(Arc::new(move |store| {
+    let opts = NodeOptions {
+        alive: Some(Arc::new(move |store| {
             alive_client.notify_store_alive(store)
-        }))
-    });
+        })),
+        ..Default::default()
+    };
+    let node1 = Node::start_with(Receiver::Ours, 1, "127.0.0.1:0", opts);
     pd.add_store(1, &node1.addr());
     let mut c1 = c1;
     c1.send(msg(1, 1, 3)).unwrap();
@@ -316,8 +441,9 @@ fn message_from_store_ends_not_found_wait_at_once() {
     });
     let calls = pd.get_store_count(3);
 
-    // Store 3 comes up, registers, and talks to store 1 first.
-    let node3 = Node::start(3, "127.0.0.1:0", |s| s);
+    // Store 3 comes up, registers, and talks to store 1 first. It may be
+    // an unpatched store: what it sends is what counts.
+    let node3 = Node::start(kind, 3, "127.0.0.1:0");
     pd.add_store(3, &node3.addr());
     let (_w3, mut c3, _) = raft_client(&pd, 3, fast_cfg(), &LogCapture::new());
     c3.send(msg(1, 3, 1)).unwrap();
@@ -370,21 +496,28 @@ fn many_connections_to_removed_store_share_one_pd_call_per_step() {
     assert_balanced(&c);
 }
 
+/// PD points store 5 at store 2's address (a stale or wrong address): the
+/// receiver fails store 5's call with store-not-match, store 5's messages
+/// are reported unreachable (not counted delivered), and store 2's flow.
 #[test]
-fn service_rejects_messages_for_another_store() {
-    let pd = PdServer::single();
-    let node = Node::start(2, "127.0.0.1:0", |s| s);
-    // PD points store 5 at store 2's service (a stale or wrong address).
-    pd.add_store(5, &node.addr());
-    pd.add_store(2, &node.addr());
-    let (_w, mut c, _) = raft_client(&pd, 1, fast_cfg(), &LogCapture::new());
-    c.send(msg(1, 1, 5)).unwrap();
-    c.send(msg(2, 1, 2)).unwrap();
-    c.flush();
-    wait_until(T, "one message fed", || node.ext.fed_count() == 1);
-    wait_until(T, "one message rejected", || node.svc.rejected() == 1);
-    assert_eq!(node.ext.with(|r| r.fed[0].get_region_id()), 2);
-    assert_balanced(&c);
+fn store_not_match_reports_and_spares_the_other_store() {
+    for kind in RECEIVERS {
+        let pd = PdServer::single();
+        let node = Node::start(kind, 2, "127.0.0.1:0");
+        pd.add_store(5, &node.addr());
+        pd.add_store(2, &node.addr());
+        let (_w, mut c, ext) = raft_client(&pd, 1, fast_cfg(), &LogCapture::new());
+        c.send(msg(1, 1, 5)).unwrap();
+        c.send(msg(2, 1, 2)).unwrap();
+        c.flush();
+        wait_until(T, "one message fed", || node.ext.fed_count() == 1);
+        wait_until(T, "one call rejected", || node.rejected() >= 1);
+        assert_eq!(node.ext.with(|r| r.fed[0].get_region_id()), 2);
+        let s = assert_balanced(&c);
+        assert_eq!((s.delivered, s.reported_unreachable), (1, 1), "{:?}", kind);
+        assert_eq!(ext.with(|r| r.unreachable.clone()), vec![(1, 5001)]);
+        assert!(!c.is_tombstone(5), "a mismatch is not a verdict");
+    }
 }
 
 #[test]
@@ -412,8 +545,14 @@ fn other_resolve_errors_retry_at_max_backoff() {
 
 #[test]
 fn each_clone_flushes_its_own_sends() {
+    for kind in RECEIVERS {
+        each_clone_flushes_its_own_sends_with(kind);
+    }
+}
+
+fn each_clone_flushes_its_own_sends_with(kind: Receiver) {
     let pd = PdServer::single();
-    let node = Node::start(2, "127.0.0.1:0", |s| s);
+    let node = Node::start(kind, 2, "127.0.0.1:0");
     pd.add_store(2, &node.addr());
     let (_w, mut a, _) = raft_client(&pd, 1, fast_cfg(), &LogCapture::new());
     let mut b = a.clone();

@@ -50,8 +50,12 @@ pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
 use grpcio::Environment;
 use kvproto::raft_serverpb::RaftMessage;
 use tikv::server::raft_client::StatsSnapshot;
-use tikv::server::{Config, ConnectionBuilder, RaftClient, RecordingExtension, Server, Service};
+use tikv::server::{
+    Config, ConnectionBuilder, RaftClient, RecordingExtension, Server, Service, StoreAliveHook,
+};
 use tikv_util::logger::LogCapture;
+
+pub use super::upstream_peer::{PeerOptions, UpstreamPeer};
 
 /// The raft client type the tests use.
 pub type Client = RaftClient<PdStoreAddrResolver, RecordingExtension>;
@@ -65,6 +69,7 @@ pub fn fast_cfg() -> Config {
         raft_client_not_found_log_interval: ReadableDuration::secs(3600),
         raft_client_connect_timeout: ReadableDuration::secs(2),
         store_not_found_cache_ttl: ReadableDuration::millis(10),
+        raft_client_call_confirm_window: ReadableDuration::millis(300),
         ..Config::default()
     }
 }
@@ -74,39 +79,145 @@ pub fn env() -> Arc<Environment> {
     Arc::new(Environment::new(2))
 }
 
-/// A store's receiving side: a raft service on loopback.
+/// Which receiver a test's stores run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Receiver {
+    /// Our raft service (`tikv::server::Service`).
+    Ours,
+    /// The upstream-like peer (`upstream_peer`).
+    Upstream,
+}
+
+/// Every raft client test that involves a receiver runs against both.
+pub const RECEIVERS: [Receiver; 2] = [Receiver::Ours, Receiver::Upstream];
+
+/// How a test store's receiver is set up.
+#[derive(Clone, Default)]
+pub struct NodeOptions {
+    /// Upstream peer shapes; `no_batch_raft` applies to ours too.
+    pub peer: PeerOptions,
+    /// Our service only: evidence-of-life hook.
+    pub alive: Option<StoreAliveHook>,
+}
+
+enum Receiving {
+    Ours {
+        svc: Service<RecordingExtension>,
+        server: Server,
+    },
+    Upstream(UpstreamPeer),
+}
+
+/// A store's receiving side on loopback.
 pub struct Node {
     /// The store id.
     pub store_id: u64,
-    /// What the service handed to raftstore.
+    /// What the receiver handed to raftstore.
     pub ext: RecordingExtension,
-    /// The service (for counters).
-    pub svc: Service<RecordingExtension>,
-    /// The gRPC server.
-    pub server: Server,
+    receiving: Receiving,
 }
 
 impl Node {
-    /// Starts a raft service for `store_id` on `addr` ("127.0.0.1:0" for any port).
-    pub fn start(
-        store_id: u64,
-        addr: &str,
-        configure: impl FnOnce(Service<RecordingExtension>) -> Service<RecordingExtension>,
-    ) -> Node {
+    /// Starts `kind` for `store_id` on `addr` ("127.0.0.1:0" for any port).
+    pub fn start(kind: Receiver, store_id: u64, addr: &str) -> Node {
+        Node::start_with(kind, store_id, addr, NodeOptions::default())
+    }
+
+    /// Starts `kind` with options.
+    pub fn start_with(kind: Receiver, store_id: u64, addr: &str, opts: NodeOptions) -> Node {
         let ext = RecordingExtension::new();
-        let svc = configure(Service::new(store_id, ext.clone()));
-        let server = Server::start(env(), addr, svc.clone()).unwrap();
+        let receiving = match kind {
+            Receiver::Ours => {
+                assert!(
+                    !opts.peer.require_source_store_id && !opts.peer.fail_every_call,
+                    "upstream-like peer options"
+                );
+                let mut svc = Service::new(store_id, ext.clone());
+                if opts.peer.no_batch_raft {
+                    svc = svc.without_batch_raft();
+                }
+                if let Some(hook) = opts.alive {
+                    svc = svc.with_store_alive_hook(hook);
+                }
+                let server = Server::start(env(), addr, svc.clone()).unwrap();
+                Receiving::Ours { svc, server }
+            }
+            Receiver::Upstream => {
+                assert!(opts.alive.is_none(), "upstream has no alive hook");
+                Receiving::Upstream(UpstreamPeer::start(store_id, addr, opts.peer, ext.clone()))
+            }
+        };
         Node {
             store_id,
             ext,
-            svc,
-            server,
+            receiving,
         }
     }
 
     /// The address it listens on.
     pub fn addr(&self) -> String {
-        self.server.addr().to_owned()
+        match &self.receiving {
+            Receiving::Ours { server, .. } => server.addr().to_owned(),
+            Receiving::Upstream(p) => p.addr().to_owned(),
+        }
+    }
+
+    /// Non-empty `BatchRaft` batches read.
+    pub fn batches(&self) -> u64 {
+        match &self.receiving {
+            Receiving::Ours { svc, .. } => svc.batches(),
+            Receiving::Upstream(p) => p.batches(),
+        }
+    }
+
+    /// The largest batch read, in messages.
+    pub fn max_batch(&self) -> u64 {
+        match &self.receiving {
+            Receiving::Ours { svc, .. } => svc.max_batch(),
+            Receiving::Upstream(p) => p.max_batch(),
+        }
+    }
+
+    /// Calls failed with store-not-match.
+    pub fn rejected(&self) -> u64 {
+        match &self.receiving {
+            Receiving::Ours { svc, .. } => svc.rejected(),
+            Receiving::Upstream(p) => p.rejected(),
+        }
+    }
+
+    /// Calls opened.
+    pub fn calls(&self) -> u64 {
+        match &self.receiving {
+            Receiving::Ours { svc, .. } => svc.calls(),
+            Receiving::Upstream(p) => p.calls(),
+        }
+    }
+
+    /// The upstream-like peer, when that is what runs.
+    pub fn upstream(&self) -> Option<&UpstreamPeer> {
+        match &self.receiving {
+            Receiving::Ours { .. } => None,
+            Receiving::Upstream(p) => Some(p),
+        }
+    }
+
+    /// Stops serving; open calls are cancelled.
+    pub fn stop(&mut self) {
+        match &mut self.receiving {
+            Receiving::Ours { server, .. } => server.stop(),
+            Receiving::Upstream(p) => p.stop(),
+        }
+    }
+
+    /// The target store ids of every message fed, in order.
+    pub fn fed_to_stores(&self) -> Vec<u64> {
+        self.ext.with(|r| {
+            r.fed
+                .iter()
+                .map(|m| m.get_to_peer().get_store_id())
+                .collect()
+        })
     }
 }
 

@@ -25,6 +25,15 @@ pub fn throttle_elapsed(
     }
 }
 
+/// The wall clock in nanoseconds since the Unix epoch (0 before it), as
+/// TiKV stamps `BatchRaftMessage.last_observed_time`.
+pub fn unix_nanos_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, Instant};

@@ -2,4 +2,4 @@
 
 mod kv;
 
-pub use self::kv::{Service, StoreAliveHook};
+pub use self::kv::{Service, StoreAliveHook, StoreNotMatch};
