@@ -14,9 +14,15 @@ const T: Duration = Duration::from_secs(10);
 
 #[test]
 fn transport_on_resolve_fails_only_the_chosen_store() {
+    for kind in RECEIVERS {
+        transport_on_resolve_fails_only_the_chosen_store_with(kind);
+    }
+}
+
+fn transport_on_resolve_fails_only_the_chosen_store_with(kind: Receiver) {
     let _s = fail::FailScenario::setup();
     let pd = PdServer::single();
-    let node = Node::start(Receiver::Ours, 7, "127.0.0.1:0");
+    let node = Node::start(kind, 7, "127.0.0.1:0");
     pd.add_store(7, &node.addr());
     pd.add_store(8, "127.0.0.1:20168");
     let (_w, r) = resolver(&pd, FakeExtension, ResolverConfig::default());

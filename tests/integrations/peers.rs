@@ -293,7 +293,10 @@ fn address_reused_by_another_store_with(kind: Receiver, pd3: Pd3) {
     );
     assert!(!c.is_tombstone(7));
     match pd3 {
-        Pd3::Tombstone | Pd3::Forgotten => {}
+        // The verdict came from the first resolution or two after the stream
+        // broke (one more if store 1 resolved before PD buried the store).
+        Pd3::Tombstone => assert!(pd.get_store_count(3) - calls_before <= 2),
+        Pd3::Forgotten => {}
         Pd3::StillUp => {
             assert!(!c.is_tombstone(3), "a mismatch is not a tombstone");
             assert!(node7.rejected() >= 1, "store 1 did reach A");
