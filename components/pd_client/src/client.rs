@@ -259,6 +259,58 @@ fn observe<T>(method: &str, r: Result<T>) -> Result<T> {
     r
 }
 
+/// One round of startup discovery: every endpoint asked for the members.
+async fn discover(
+    env: &Arc<Environment>,
+    cfg: &Config,
+    endpoints: &[String],
+    logger: &Logger,
+) -> Result<(u64, pdpb::PdClient, GetMembersResponse, String)> {
+    // Every answering endpoint must agree on the cluster id; the
+    // first answer names the leader.
+    let mut first: Option<(String, pdpb::PdClient, GetMembersResponse)> = None;
+    let mut last_err = other("no PD endpoint answered");
+    for ep in endpoints {
+        match get_members(env, cfg, ep).await {
+            Ok((probe, m)) => match &first {
+                None => first = Some((ep.clone(), probe, m)),
+                Some((_, _, f)) => {
+                    let (want, got) = (
+                        f.get_header().get_cluster_id(),
+                        m.get_header().get_cluster_id(),
+                    );
+                    if want != got {
+                        return Err(other(format!(
+                            "PD response cluster_id mismatch, want {}, got {} from {}",
+                            want, got, ep
+                        )));
+                    }
+                }
+            },
+            Err(e) => {
+                warn!(logger, "PD endpoint unreachable"; "endpoint" => ep, "err" => %e);
+                last_err = e;
+            }
+        }
+    }
+    let (ep, probe, members) = first.ok_or(last_err)?;
+    let (client, target) = match leader_client(env, &members, (&ep, probe)) {
+        Ok(c) => c,
+        // The first endpoint knows no usable leader: ask them all.
+        Err(_) => {
+            let id = members.get_header().get_cluster_id();
+            let (client, members, target) = connect_leader(env, cfg, endpoints, id, logger).await?;
+            return Ok((id, client, members, target));
+        }
+    };
+    Ok((
+        members.get_header().get_cluster_id(),
+        client,
+        members,
+        target,
+    ))
+}
+
 impl RpcClient {
     /// Connects to PD: asks each endpoint for the members until one answers,
     /// learns the cluster id and connects to the leader. Endpoints that
@@ -271,51 +323,22 @@ impl RpcClient {
             .iter()
             .map(|e| normalize_endpoint(e))
             .collect::<Result<_>>()?;
+        // As upstream's `RpcClient::new`: the endpoints are tried again, up
+        // to `retry-max-count` more rounds, when none answered (a PD that is
+        // starting, or a slow first connection); a cluster id mismatch is
+        // final.
         let (cluster_id, client, members, target) = block_on(async {
-            // Every answering endpoint must agree on the cluster id; the
-            // first answer names the leader.
-            let mut first: Option<(String, pdpb::PdClient, GetMembersResponse)> = None;
-            let mut last_err = other("no PD endpoint answered");
-            for ep in &endpoints {
-                match get_members(&env, cfg, ep).await {
-                    Ok((probe, m)) => match &first {
-                        None => first = Some((ep.clone(), probe, m)),
-                        Some((_, _, f)) => {
-                            let (want, got) = (
-                                f.get_header().get_cluster_id(),
-                                m.get_header().get_cluster_id(),
-                            );
-                            if want != got {
-                                return Err(other(format!(
-                                    "PD response cluster_id mismatch, want {}, got {} from {}",
-                                    want, got, ep
-                                )));
-                            }
-                        }
-                    },
-                    Err(e) => {
-                        warn!(logger, "PD endpoint unreachable"; "endpoint" => ep, "err" => %e);
-                        last_err = e;
+            let mut round = 0;
+            loop {
+                match discover(&env, cfg, &endpoints, &logger).await {
+                    Err(e) if round < cfg.retry_max_count && e.is_transport() => {
+                        round += 1;
+                        warn!(logger, "no PD endpoint answered, retrying"; "round" => round, "err" => %e);
+                        tikv_util::timer::sleep(cfg.retry_interval.0).await;
                     }
+                    r => break r,
                 }
             }
-            let (ep, probe, members) = first.ok_or(last_err)?;
-            let (client, target) = match leader_client(&env, &members, (&ep, probe)) {
-                Ok(c) => c,
-                // The first endpoint knows no usable leader: ask them all.
-                Err(_) => {
-                    let id = members.get_header().get_cluster_id();
-                    let (client, members, target) =
-                        connect_leader(&env, cfg, &endpoints, id, &logger).await?;
-                    return Ok((id, client, members, target));
-                }
-            };
-            Ok((
-                members.get_header().get_cluster_id(),
-                client,
-                members,
-                target,
-            ))
         })?;
         info!(logger, "connected to PD"; "cluster_id" => cluster_id, "leader" => &target);
         Ok(RpcClient {

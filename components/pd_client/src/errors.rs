@@ -57,3 +57,11 @@ impl Error {
 pub fn other(msg: impl Into<String>) -> Error {
     Error::Other(msg.into().into())
 }
+
+impl Error {
+    /// A transport or leadership failure (UNAVAILABLE, DEADLINE_EXCEEDED,
+    /// CANCELLED, a reset, "not leader"): worth another try.
+    pub fn is_transport(&self) -> bool {
+        matches!(self, Error::Grpc(e) if crate::util::is_retryable(e))
+    }
+}

@@ -159,12 +159,49 @@ fn discovers_leader_when_first_endpoint_is_dead() {
 
 #[test]
 fn all_endpoints_dead_is_an_error() {
+    let log = tikv_util::logger::LogCapture::new();
     let r = RpcClient::new(
         &cfg(vec![dead_endpoint(), dead_endpoint()]),
         None,
-        tikv_util::logger::discard(),
+        log.logger(),
     );
     assert!(r.is_err());
+    // Tried again retry-max-count (4) times, as upstream's client does.
+    assert_eq!(
+        log.count(
+            slog::Level::Warning,
+            "no PD endpoint answered, retrying",
+            None
+        ),
+        4
+    );
+}
+
+/// PD is down when the client starts and comes back while it retries (a
+/// cold start, or a first connection slower than the request timeout).
+#[test]
+fn startup_waits_for_pd_within_its_retries() {
+    let pd = Server::single();
+    pd.add_store(1, "127.0.0.1:20160");
+    pd.stop_member(0);
+    let log = tikv_util::logger::LogCapture::new();
+    let mut c = cfg(pd.endpoints());
+    c.retry_max_count = 1000;
+    let (logger, eps) = (log.logger(), c);
+    let t = std::thread::spawn(move || RpcClient::new(&eps, None, logger));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while log.count(
+        slog::Level::Warning,
+        "no PD endpoint answered, retrying",
+        None,
+    ) == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "no retry seen");
+        std::thread::park_timeout(Duration::from_millis(5));
+    }
+    pd.restart_member(0);
+    let c = t.join().unwrap().expect("connected once PD came back");
+    assert_eq!(c.get_store(1).unwrap().get_id(), 1);
 }
 
 #[test]
