@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export RUST_BACKTRACE ?= 1
 
-.PHONY: all setup build run test unit-test failpoint-test clippy format format-check bench clean
+.PHONY: all setup build run test unit-test fail failpoint-test mutants clippy format format-check bench clean
 
 all: build
 
@@ -28,8 +28,16 @@ test: setup
 unit-test: setup
 	$(CARGO) test --workspace
 
-failpoint-test: setup
+## Only the failpoint suite (tests/failpoints, --features failpoints).
+fail: setup
 	$(CARGO) test --features failpoints --test failpoints
+
+failpoint-test: fail
+
+## Reverts each behaviour listed in scripts/mutants.toml in a scratch copy,
+## runs the tests, and fails if any reversion survives.
+mutants: setup
+	python3 scripts/mutants.py $(ARGS)
 
 clippy: setup
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -297,6 +297,9 @@ struct ConnectionPool {
     connections: HashMap<(u64, usize), Arc<Queue>>,
     tombstone_stores: HashSet<u64>,
     not_found: HashMap<u64, Episode>,
+    /// Connection attempts (channel connects) per store, for operators and
+    /// tests: none may follow a tombstone verdict.
+    connects: HashMap<u64, u64>,
 }
 
 struct Shared<R, E> {
@@ -554,6 +557,12 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
             .map(|e| (e.attempts, e.backoff))
     }
 
+    /// Connection attempts made to `store_id` so far.
+    pub fn connection_attempts(&self, store_id: u64) -> u64 {
+        let pool = self.shared.pool.lock().unwrap();
+        pool.connects.get(&store_id).copied().unwrap_or(0)
+    }
+
     /// Number of live connection tasks.
     pub fn connection_count(&self) -> usize {
         self.shared.pool.lock().unwrap().connections.len()
@@ -808,6 +817,9 @@ async fn connection_loop<R: StoreAddrResolver + Sync, E: RaftExtension>(
                 RAFT_CLIENT_RESOLVE_COUNTER
                     .with_label_values(&["tombstone"])
                     .inc();
+                // Between the verdict and the pool update: sends racing it
+                // must still end refused or reported.
+                fail::fail_point!("raft_client_on_tombstone_verdict");
                 shared.on_tombstone(store_id);
                 return;
             }
@@ -851,6 +863,13 @@ async fn connection_loop<R: StoreAddrResolver + Sync, E: RaftExtension>(
         RAFT_CLIENT_CONNECTION_COUNTER
             .with_label_values(&["connect"])
             .inc();
+        *shared
+            .pool
+            .lock()
+            .unwrap()
+            .connects
+            .entry(store_id)
+            .or_default() += 1;
         let ch = ChannelBuilder::new(shared.env.clone())
             .keepalive_time(cfg.grpc_keepalive_time.0)
             .keepalive_timeout(cfg.grpc_keepalive_timeout.0)
@@ -1088,6 +1107,7 @@ async fn run_call<R: StoreAddrResolver + Sync, E: RaftExtension>(
                 }
             }
             CallEvent::Queue(Event::Messages) => {
+                fail::fail_point!("raft_client_before_take_batch");
                 let msgs = q.take_batch(cfg.raft_msg_max_batch_size, max_bytes);
                 drop_oversized(shared, store_id, msgs, max_bytes)
             }

@@ -1,6 +1,7 @@
 //! Failpoint regression tests. Built only with `--features failpoints`
-//! (`make test` runs them). Failpoints are process-global, so every test
-//! holds a `FailScenario`, which runs them one at a time.
+//! (`make test` runs them, `make fail` runs only them). Failpoints are
+//! process-global, so every test holds a `FailScenario`, which runs them one
+//! at a time.
 
 #[path = "../integrations/upstream_peer.rs"]
 #[allow(dead_code)]
@@ -9,4 +10,7 @@ mod upstream_peer;
 #[allow(dead_code)]
 mod util;
 
-mod test_resolve;
+#[allow(dead_code)]
+mod cluster;
+
+mod cases;

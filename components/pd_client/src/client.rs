@@ -383,6 +383,19 @@ impl PdClient for RpcClient {
     fn get_store_async(&self, store_id: u64) -> PdFuture<metapb::Store> {
         let shared = self.shared.clone();
         let cluster_id = shared.cluster_id;
+        // A transport failure of GetStore after the retries, as PD trouble
+        // looks to callers: "unavailable" or "timeout".
+        fail::fail_point!("pd_client_get_store", |arg| {
+            let code = match arg.as_deref() {
+                Some("timeout") => grpcio::RpcStatusCode::DEADLINE_EXCEEDED,
+                _ => grpcio::RpcStatusCode::UNAVAILABLE,
+            };
+            let status =
+                grpcio::RpcStatus::with_message(code, "injected by pd_client_get_store".into());
+            Box::pin(futures::future::ready(Err(Error::Grpc(
+                grpcio::Error::RpcFailure(status),
+            ))))
+        });
         Box::pin(async move {
             let mut req = pdpb::GetStoreRequest::default();
             req.set_header(header(cluster_id));

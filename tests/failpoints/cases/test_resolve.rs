@@ -8,7 +8,7 @@ use tikv::server::resolve::{resolve_blocking, Error, ResolverConfig};
 use tikv::server::FakeExtension;
 use tikv_util::logger::LogCapture;
 
-use super::util::*;
+use crate::util::*;
 
 const T: Duration = Duration::from_secs(10);
 
