@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Proves the tests catch every undoing of the fix.
+
+Applies each reversion in scripts/mutants.toml, one at a time, to a scratch
+copy of the tree, runs what `make test` runs (the workspace tests, then the
+failpoint suite), and prints which tests caught it. Exits non-zero when a
+reversion survives, does not apply, or does not compile.
+
+    python3 scripts/mutants.py                # all
+    python3 scripts/mutants.py --only NAME    # names containing NAME
+    python3 scripts/mutants.py --list
+
+The scratch copy builds into this tree's target/ (CARGO_TARGET_DIR), so
+dependencies are not built again.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUITES = [
+    ["cargo", "test", "--workspace"],
+    ["cargo", "test", "--features", "failpoints", "--test", "failpoints"],
+]
+
+
+def load():
+    with open(os.path.join(ROOT, "scripts", "mutants.toml"), "rb") as f:
+        mutants = tomllib.load(f)["mutant"]
+    names = [m["name"] for m in mutants]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        sys.exit("mutants.toml: duplicate names %s" % sorted(dup))
+    return mutants
+
+
+def tracked_files():
+    out = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    ).stdout
+    return [f for f in out.splitlines() if f and not f.startswith("target/")]
+
+
+def copy_tree(dst):
+    for f in tracked_files():
+        src = os.path.join(ROOT, f)
+        if not os.path.isfile(src):
+            continue
+        os.makedirs(os.path.dirname(os.path.join(dst, f)), exist_ok=True)
+        shutil.copy2(src, os.path.join(dst, f))
+
+
+def run_suites(tree, env):
+    """Runs the suites until one fails; returns (status, failing tests, log)."""
+    for cmd in SUITES:
+        p = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+        out = p.stdout + p.stderr
+        if p.returncode == 0:
+            continue
+        failed = re.findall(r"^test (\S+) \.\.\. FAILED$", out, re.M)
+        if failed:
+            return "caught", failed, out
+        if "error[E" in out or "could not compile" in out:
+            return "no-compile", [], out
+        return "caught", ["(test binary failed: %s)" % " ".join(cmd[1:])], out
+    return "survived", [], ""
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", help="run the mutants whose name contains this")
+    ap.add_argument("--list", action="store_true")
+    args = ap.parse_args()
+    mutants = load()
+    if args.only:
+        mutants = [m for m in mutants if args.only in m["name"]]
+    if args.list:
+        for m in mutants:
+            print("%-36s %s" % (m["name"], m["promise"]))
+        return 0
+    # Every reversion must apply to the tree as it is now.
+    stale = []
+    for m in mutants:
+        text = open(os.path.join(ROOT, m["file"])).read()
+        if text.count(m["old"]) != 1:
+            stale.append("%s: `old` found %d times in %s" % (m["name"], text.count(m["old"]), m["file"]))
+    if stale:
+        print("\n".join(stale))
+        return 2
+
+    scratch = tempfile.mkdtemp(prefix="mutants-")
+    env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(ROOT, "target"))
+    rows = []
+    try:
+        copy_tree(scratch)
+        for i, m in enumerate(mutants, 1):
+            path = os.path.join(scratch, m["file"])
+            original = open(path).read()
+            with open(path, "w") as f:
+                f.write(original.replace(m["old"], m["new"], 1))
+            t = time.time()
+            status, failed, out = run_suites(scratch, env)
+            with open(path, "w") as f:
+                f.write(original)
+            rows.append((m, status, failed))
+            print("[%d/%d] %-36s %-10s %4.0fs %s" % (
+                i, len(mutants), m["name"], status, time.time() - t,
+                ", ".join(failed[:3]) + (" (+%d)" % (len(failed) - 3) if len(failed) > 3 else "")),
+                flush=True)
+            if status == "no-compile":
+                print(out[-3000:])
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    print()
+    print("| reversion | promise | caught by |")
+    print("|---|---|---|")
+    for m, status, failed in rows:
+        who = ", ".join(f.split("::")[-1] for f in failed[:3]) or status.upper()
+        if len(failed) > 3:
+            who += " (+%d)" % (len(failed) - 3)
+        print("| %s | %s | %s |" % (m["name"], m["promise"], who))
+    bad = [m["name"] for m, s, _ in rows if s != "caught"]
+    print()
+    print("%d reversions, %d caught, %d not caught%s" % (
+        len(rows), len(rows) - len(bad), len(bad), (": " + ", ".join(bad)) if bad else ""))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
