@@ -10,8 +10,10 @@ reversion survives, does not apply, or does not compile.
     python3 scripts/mutants.py --only NAME    # names containing NAME
     python3 scripts/mutants.py --list
 
-The scratch copy builds into this tree's target/ (CARGO_TARGET_DIR), so
-dependencies are not built again.
+The scratch copy builds into target/mutants (its own CARGO_TARGET_DIR: the
+scratch crates have the same artifact names as this tree's, and sharing
+target/ would leave mutated test binaries behind that cargo takes as fresh).
+The first run builds the dependencies there once.
 """
 
 import argparse
@@ -70,7 +72,10 @@ def run_suites(tree, env):
             return "caught", failed, out
         if "error[E" in out or "could not compile" in out:
             return "no-compile", [], out
-        return "caught", ["(test binary failed: %s)" % " ".join(cmd[1:])], out
+        binary = re.findall(r"to rerun pass `([^`]*)`", out)
+        panicked = re.findall(r"^thread '([^']+)' .*panicked", out, re.M)
+        return "caught", ["(%s: %s)" % (" ".join(binary) or " ".join(cmd[1:]),
+                                        ", ".join(sorted(set(panicked))) or "exited non-zero")], out
     return "survived", [], ""
 
 
@@ -97,7 +102,7 @@ def main():
         return 2
 
     scratch = tempfile.mkdtemp(prefix="mutants-")
-    env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(ROOT, "target"))
+    env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(ROOT, "target", "mutants"))
     rows = []
     try:
         copy_tree(scratch)
