@@ -115,6 +115,11 @@ def main():
             status, failed, out = run_suites(scratch, env)
             with open(path, "w") as f:
                 f.write(original)
+            if out:
+                logs = os.path.join(ROOT, "target", "mutants", "logs")
+                os.makedirs(logs, exist_ok=True)
+                with open(os.path.join(logs, m["name"] + ".log"), "w") as f:
+                    f.write(out)
             rows.append((m, status, failed))
             print("[%d/%d] %-36s %-10s %4.0fs %s" % (
                 i, len(mutants), m["name"], status, time.time() - t,

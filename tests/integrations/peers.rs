@@ -105,9 +105,11 @@ fn mixed_batch_feeds_the_prefix_and_fails_the_call() {
     let mut texts = Vec::new();
     for kind in RECEIVERS {
         let node = Node::start(kind, 2, "127.0.0.1:0");
+        // Message 4 (for this store, after the stranger) must not be fed.
+        // Nothing is written after the failing batch: a write racing the
+        // peer's status can surface as a reset instead of the status.
         let batch = vec![msg(1, 1, 2), msg(2, 1, 2), msg(3, 1, 5), msg(4, 1, 2)];
-        let later = vec![msg(5, 1, 2)];
-        let s = batch_call(&node.addr(), Some("1"), vec![batch, later]);
+        let s = batch_call(&node.addr(), Some("1"), vec![batch]);
         let regions: Vec<u64> = node
             .ext
             .with(|r| r.fed.iter().map(|m| m.get_region_id()).collect());
@@ -123,7 +125,7 @@ fn mixed_batch_feeds_the_prefix_and_fails_the_call() {
             s
         );
         // The same on `Raft`.
-        let s = raft_call(&node.addr(), vec![msg(6, 1, 2), msg(7, 1, 5), msg(8, 1, 2)]);
+        let s = raft_call(&node.addr(), vec![msg(6, 1, 2), msg(7, 1, 5)]);
         assert!(StoreNotMatch::from_status(&s).is_some(), "{:?}", s);
         assert_eq!(node.ext.fed_count(), 3);
         texts.push(s.message().to_owned());
