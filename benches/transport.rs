@@ -220,14 +220,14 @@ fn bare_batch_throughput(threads: usize, n: u64, payload: usize) -> f64 {
     let rx = receiver();
     let per = n / threads as u64;
     let t = Instant::now();
+    // The environments outlive the senders: dropping one shuts its
+    // completion queue down before buffered writes are sent.
+    let env = Arc::new(Environment::new(threads));
     let hs: Vec<_> = (0..threads as u64)
         .map(|th| {
-            let addr = rx.addr.clone();
+            let c = TikvClient::new(ChannelBuilder::new(env.clone()).connect(&rx.addr));
             std::thread::spawn(move || {
-                let c = TikvClient::new(
-                    ChannelBuilder::new(Arc::new(Environment::new(1))).connect(&addr),
-                );
-                let (mut sink, _recv) = c.batch_raft().unwrap();
+                let (mut sink, recv) = c.batch_raft().unwrap();
                 block_on(async {
                     let mut i = 0;
                     while i < per {
@@ -240,21 +240,22 @@ fn bare_batch_throughput(threads: usize, n: u64, payload: usize) -> f64 {
                         sink.send((b, WriteFlags::default())).await.unwrap();
                     }
                 });
-                sink
+                (sink, recv, c)
             })
         })
         .collect();
-    let sinks: Vec<_> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+    let calls: Vec<_> = hs.into_iter().map(|h| h.join().unwrap()).collect();
     wait_received(&rx.svc, per * threads as u64);
     let el = t.elapsed();
-    drop(sinks);
+    drop(calls);
     (per * threads as u64) as f64 / el.as_secs_f64()
 }
 
 /// A bare `Raft` stream writing one message per write; msg/s.
 fn bare_single_throughput(n: u64, payload: usize) -> f64 {
     let rx = receiver();
-    let c = TikvClient::new(ChannelBuilder::new(Arc::new(Environment::new(1))).connect(&rx.addr));
+    let env = Arc::new(Environment::new(1));
+    let c = TikvClient::new(ChannelBuilder::new(env.clone()).connect(&rx.addr));
     let (mut sink, _recv) = c.raft().unwrap();
     let t = Instant::now();
     block_on(async {

@@ -359,6 +359,9 @@ pub struct RaftClient<R, E> {
     shared: Arc<Shared<R, E>>,
     cache: HashMap<(u64, usize), CachedQueue>,
     need_flush: Vec<(u64, usize)>,
+    /// Stores this clone saw in the tombstone set: a tombstone is final, so
+    /// later sends to them are refused without the pool lock.
+    tombstoned: HashSet<u64>,
 }
 
 impl<R, E> Clone for RaftClient<R, E> {
@@ -367,6 +370,7 @@ impl<R, E> Clone for RaftClient<R, E> {
             shared: self.shared.clone(),
             cache: HashMap::new(),
             need_flush: Vec::new(),
+            tombstoned: HashSet::new(),
         }
     }
 }
@@ -419,6 +423,7 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
             }),
             cache: HashMap::new(),
             need_flush: Vec::new(),
+            tombstoned: HashSet::new(),
         }
     }
 
@@ -437,6 +442,9 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
         let store_id = msg.get_to_peer().get_store_id();
         if store_id == 0 {
             return Err(DiscardReason::Filtered);
+        }
+        if self.tombstoned.contains(&store_id) {
+            return Err(DiscardReason::Disconnected);
         }
         let conn_num = self.shared.cfg.grpc_raft_conn_num;
         let conn_id = if conn_num <= 1 {
@@ -463,7 +471,7 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
                 }
             }
             match self.load_queue(store_id, conn_id) {
-                Some(queue) => {
+                Ok(queue) => {
                     self.cache.insert(
                         key,
                         CachedQueue {
@@ -472,17 +480,27 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
                         },
                     );
                 }
-                None => return Err(DiscardReason::Disconnected),
+                Err(tombstone) => {
+                    if tombstone {
+                        self.tombstoned.insert(store_id);
+                    }
+                    return Err(DiscardReason::Disconnected);
+                }
             }
         }
         Err(DiscardReason::Disconnected)
     }
 
-    fn load_queue(&self, store_id: u64, conn_id: usize) -> Option<Arc<Queue>> {
+    /// The queue of (store, conn), started if needed; `Err(true)` when the
+    /// store is tombstone, `Err(false)` when the client is stopped.
+    fn load_queue(&self, store_id: u64, conn_id: usize) -> Result<Arc<Queue>, bool> {
         let mut pool = self.shared.pool.lock().unwrap();
         // Checked under the lock: `stop` drains the pool under it too.
-        if self.shared.stopped.load(Ordering::SeqCst) || pool.tombstone_stores.contains(&store_id) {
-            return None;
+        if pool.tombstone_stores.contains(&store_id) {
+            return Err(true);
+        }
+        if self.shared.stopped.load(Ordering::SeqCst) {
+            return Err(false);
         }
         let shared = &self.shared;
         let q = pool
@@ -495,7 +513,7 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
                 q
             })
             .clone();
-        Some(q)
+        Ok(q)
     }
 
     /// Evidence that `store_id` is alive (our raft service received a
@@ -998,6 +1016,8 @@ impl CallSink {
     }
 
     /// Writes `msgs`; on failure also says how many were written first.
+    /// Each write is flushed: a buffered write (`buffer_hint`) may wait in
+    /// gRPC for the next unbuffered one, which may never come.
     async fn write(&mut self, msgs: Vec<RaftMessage>) -> Result<(), (grpcio::Error, usize)> {
         match self {
             CallSink::Batch(s) => {
