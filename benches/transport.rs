@@ -575,10 +575,11 @@ fn bench_hol(rows: &mut Vec<Row>) {
 
 // ---- 4. memory --------------------------------------------------------------
 
-fn rss_kib() -> u64 {
+/// A `/proc/self/status` figure in KiB: `VmRSS` now, `VmHWM` the peak.
+fn status_kib(key: &str) -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(key))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
@@ -612,20 +613,22 @@ fn bench_memory(rows: &mut Vec<Row>) {
         }
         c.flush();
         if after_minute.is_none() && t.elapsed() >= minute {
-            after_minute = Some(rss_kib());
+            after_minute = Some(status_kib("VmRSS:"));
         }
         std::thread::park_timeout(Duration::from_secs(1) / SCALE);
     }
-    let end = rss_kib();
+    let end = status_kib("VmRSS:");
+    let peak = status_kib("VmHWM:");
     let first = after_minute.unwrap_or(end) as f64;
     c.stop();
     let growth = end as f64 / first;
     rows.push(Row {
         bench: "memory",
         case: format!(
-            "1000 regions, 3 healthy + 10 removed stores, 10 min (scaled 1/{}), {} sends",
+            "1000 regions, 3 healthy + 10 removed stores, 10 min (scaled 1/{}), {} sends, peak RSS {} KiB",
             SCALE,
-            sent.load(Ordering::Relaxed)
+            sent.load(Ordering::Relaxed),
+            peak
         ),
         ours: end as f64,
         baseline: "RSS after the first (scaled) minute".into(),
@@ -715,7 +718,7 @@ fn main() {
     let started = Instant::now();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "tikv transport benchmarks: loopback, {} cores, {} repetitions per timed case",
+        "tikv transport benchmarks: loopback, {} cores, {} repetitions per timed case (pd-load, memory: one deterministic run each)",
         cores, REPS
     );
     let mut rows = vec![];
@@ -727,13 +730,13 @@ fn main() {
 
     println!();
     println!(
-        "| bench | case | ours | baseline | baseline value | ratio min / median / max | goal | met | s |"
+        "| bench | case | ours | baseline | baseline value | ratio min / median / max | reps | goal | met | s |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         let (min, med, max) = r.ratio();
         println!(
-            "| {} | {} | {:.3} {} | {} | {:.3} | {:.3} / {:.3} / {:.3} | {} | {} | {:.1} |",
+            "| {} | {} | {:.3} {} | {} | {:.3} | {:.3} / {:.3} / {:.3} | {} | {} | {} | {:.1} |",
             r.bench,
             r.case,
             r.ours,
@@ -743,6 +746,7 @@ fn main() {
             min,
             med,
             max,
+            r.ratios.len(),
             r.goal,
             if r.met { "yes" } else { "NO" },
             r.secs
