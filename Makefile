@@ -17,7 +17,7 @@ build: setup
 ## The drill: walk a store through Offline, Tombstone and remove-tombstone
 ## on an embedded cluster. `make run ARGS="--pd old --verbose"`.
 run: setup
-	$(CARGO) run --bin tikv-drill -- $(ARGS)
+	$(CARGO) run -p tikv-drill -- $(ARGS)
 
 ## Every test: unit and integration tests of the whole workspace, then the
 ## failpoint suite (built with --features failpoints).
