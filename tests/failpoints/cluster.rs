@@ -172,11 +172,6 @@ impl Cluster {
         &self.stores[&id]
     }
 
-    /// Sends one tick of traffic from every running store, now.
-    pub fn tick(&self) {
-        tick(&self.senders, &self.regions);
-    }
-
     /// Starts a thread sending a tick every `interval` until the cluster is
     /// dropped or [`stop_traffic`](Self::stop_traffic).
     pub fn start_traffic(&mut self, interval: Duration) {

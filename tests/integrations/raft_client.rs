@@ -415,13 +415,7 @@ fn message_from_store_ends_not_found_wait_at_once() {
 fn message_from_store_ends_not_found_wait_at_once_with(kind: Receiver) {
     let pd = PdServer::single();
     // Backoffs of an hour: only evidence of life can end the wait in time.
-    let slow = Config {
-        raft_client_initial_reconnect_backoff: ReadableDuration::secs(3600),
-        raft_client_max_backoff: ReadableDuration::secs(3600),
-        raft_client_not_found_max_backoff: ReadableDuration::secs(3600),
-        store_not_found_cache_ttl: ReadableDuration::secs(3600),
-        ..fast_cfg()
-    };
+    let slow = hour_backoffs_cfg();
     let log = LogCapture::new();
     let (_w1, c1, _) = raft_client(&pd, 1, slow, &log);
     let alive_client = c1.clone();

@@ -74,6 +74,18 @@ pub fn fast_cfg() -> Config {
     }
 }
 
+/// Backoffs and a not-found cache of an hour: only evidence of life can end
+/// a not-found wait within a test's deadline.
+pub fn hour_backoffs_cfg() -> Config {
+    Config {
+        raft_client_initial_reconnect_backoff: ReadableDuration::secs(3600),
+        raft_client_max_backoff: ReadableDuration::secs(3600),
+        raft_client_not_found_max_backoff: ReadableDuration::secs(3600),
+        store_not_found_cache_ttl: ReadableDuration::secs(3600),
+        ..fast_cfg()
+    }
+}
+
 /// A shared gRPC environment.
 pub fn env() -> Arc<Environment> {
     Arc::new(Environment::new(2))

@@ -50,13 +50,7 @@ fn late_store_is_never_blacklisted_and_gets_traffic() {
 #[test]
 fn late_store_that_sends_first_is_reached_without_waiting() {
     let _s = fail::FailScenario::setup();
-    let slow = Config {
-        raft_client_initial_reconnect_backoff: ReadableDuration::secs(3600),
-        raft_client_max_backoff: ReadableDuration::secs(3600),
-        raft_client_not_found_max_backoff: ReadableDuration::secs(3600),
-        store_not_found_cache_ttl: ReadableDuration::secs(3600),
-        ..fast_cfg()
-    };
+    let slow = hour_backoffs_cfg();
     let mut c = Cluster::new(NotFoundShape::Header, &[1, 2], &[1, 2, 3], 10, slow);
     c.start_traffic(TICK);
     wait_until(T, "not-found episodes for store 3", || {
