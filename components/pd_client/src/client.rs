@@ -447,4 +447,79 @@ impl PdClient for RpcClient {
             observe("put_store", r)
         })
     }
+
+    fn alloc_id(&self) -> Result<u64> {
+        let shared = self.shared.clone();
+        let cluster_id = shared.cluster_id;
+        block_on(async move {
+            let mut req = pdpb::AllocIDRequest::default();
+            req.set_header(header(cluster_id));
+            let r = shared
+                .request("alloc_id", move |c, opt| c.alloc_id_async_opt(&req, opt))
+                .await
+                .and_then(|resp| {
+                    check_resp_header(resp.get_header(), cluster_id, None)?;
+                    match resp.get_id() {
+                        0 => Err(crate::errors::other("PD allocated id 0")),
+                        id => Ok(id),
+                    }
+                });
+            observe("alloc_id", r)
+        })
+    }
+
+    fn is_cluster_bootstrapped(&self) -> Result<bool> {
+        let shared = self.shared.clone();
+        let cluster_id = shared.cluster_id;
+        block_on(async move {
+            let mut req = pdpb::IsBootstrappedRequest::default();
+            req.set_header(header(cluster_id));
+            let r = shared
+                .request("is_cluster_bootstrapped", move |c, opt| {
+                    c.is_bootstrapped_async_opt(&req, opt)
+                })
+                .await
+                .and_then(|resp| {
+                    check_resp_header(resp.get_header(), cluster_id, None)?;
+                    Ok(resp.get_bootstrapped())
+                });
+            observe("is_cluster_bootstrapped", r)
+        })
+    }
+
+    fn bootstrap_cluster(&self, store: metapb::Store, region: metapb::Region) -> Result<()> {
+        let shared = self.shared.clone();
+        let cluster_id = shared.cluster_id;
+        block_on(async move {
+            let mut req = pdpb::BootstrapRequest::default();
+            req.set_header(header(cluster_id));
+            req.set_store(store);
+            req.set_region(region);
+            let r = shared
+                .request("bootstrap_cluster", move |c, opt| {
+                    c.bootstrap_async_opt(&req, opt)
+                })
+                .await
+                .and_then(|resp| check_resp_header(resp.get_header(), cluster_id, None));
+            observe("bootstrap_cluster", r)
+        })
+    }
+
+    fn store_heartbeat(&self, stats: pdpb::StoreStats) -> Result<()> {
+        let shared = self.shared.clone();
+        let cluster_id = shared.cluster_id;
+        block_on(async move {
+            let store_id = stats.get_store_id();
+            let mut req = pdpb::StoreHeartbeatRequest::default();
+            req.set_header(header(cluster_id));
+            req.set_stats(stats);
+            let r = shared
+                .request("store_heartbeat", move |c, opt| {
+                    c.store_heartbeat_async_opt(&req, opt)
+                })
+                .await
+                .and_then(|resp| check_resp_header(resp.get_header(), cluster_id, Some(store_id)));
+            observe("store_heartbeat", r)
+        })
+    }
 }

@@ -15,7 +15,7 @@ pub mod metrics;
 pub mod util;
 
 use futures::future::BoxFuture;
-use kvproto::metapb;
+use kvproto::{metapb, pdpb};
 
 pub use crate::client::{ReconnectStats, RpcClient};
 pub use crate::config::{Config, REQUEST_RECONNECT_INTERVAL};
@@ -55,5 +55,29 @@ pub trait PdClient: Send + Sync {
     fn put_store(&self, store: metapb::Store) -> Result<()> {
         let _ = store;
         Err(errors::other("put_store is not implemented"))
+    }
+
+    /// Allocates a cluster-unique id (store, region and peer ids).
+    fn alloc_id(&self) -> Result<u64> {
+        Err(errors::other("alloc_id is not implemented"))
+    }
+
+    /// Whether the cluster has been bootstrapped.
+    fn is_cluster_bootstrapped(&self) -> Result<bool> {
+        Err(errors::other("is_cluster_bootstrapped is not implemented"))
+    }
+
+    /// Bootstraps the cluster with its first store and region;
+    /// `Error::ClusterBootstrapped` when another store did it first.
+    fn bootstrap_cluster(&self, store: metapb::Store, region: metapb::Region) -> Result<()> {
+        let _ = (store, region);
+        Err(errors::other("bootstrap_cluster is not implemented"))
+    }
+
+    /// Reports this store's statistics; `Error::StoreTombstone` when PD has
+    /// buried the store.
+    fn store_heartbeat(&self, stats: pdpb::StoreStats) -> Result<()> {
+        let _ = stats;
+        Err(errors::other("store_heartbeat is not implemented"))
     }
 }

@@ -30,3 +30,11 @@ lazy_static! {
     )
     .unwrap();
 }
+
+/// Registers every metric of this module now, so `/metrics` lists them all
+/// from the start instead of after first use.
+pub fn init() {
+    lazy_static::initialize(&PD_REQUEST_HISTOGRAM_VEC);
+    lazy_static::initialize(&PD_REQUEST_FAILURE_COUNTER_VEC);
+    lazy_static::initialize(&PD_RECONNECT_COUNTER_VEC);
+}

@@ -13,7 +13,7 @@ pub use crate::state::{Fault, Method, NotFoundShape};
 
 use std::sync::{Arc, Mutex};
 
-use grpcio::{Environment, Server as GrpcServer, ServerBuilder, ServerCredentials};
+use grpcio::{ChannelBuilder, Environment, Server as GrpcServer, ServerBuilder, ServerCredentials};
 use kvproto::metapb;
 
 use crate::service::PdService;
@@ -22,6 +22,7 @@ use crate::state::Cluster;
 struct Member {
     name: String,
     id: u64,
+    host: String,
     port: u16,
     server: Option<GrpcServer>,
 }
@@ -37,18 +38,22 @@ fn start_member(
     env: &Arc<Environment>,
     cluster: &Arc<Cluster>,
     idx: usize,
+    host: &str,
     port: u16,
-) -> (GrpcServer, u16) {
+) -> Result<(GrpcServer, u16), String> {
     let svc = PdService::new(idx, cluster.clone());
+    // No SO_REUSEPORT: a second PD on a taken port must fail to bind.
+    let args = ChannelBuilder::new(env.clone()).reuse_port(false).build_args();
     let mut server = ServerBuilder::new(env.clone())
+        .channel_args(args)
         .register_service(kvproto::pdpb::create_pd(svc))
         .build()
-        .expect("build PD server");
+        .map_err(|e| format!("build PD server: {}", e))?;
     let port = server
-        .add_listening_port(format!("127.0.0.1:{}", port), ServerCredentials::insecure())
-        .expect("bind PD member");
+        .add_listening_port(format!("{}:{}", host, port), ServerCredentials::insecure())
+        .map_err(|e| format!("bind PD member on {}:{}: {}", host, port, e))?;
     server.start();
-    (server, port)
+    Ok((server, port))
 }
 
 impl Server {
@@ -56,14 +61,31 @@ impl Server {
     /// Member 0 is the leader. The cluster is bootstrapped.
     pub fn new(count: usize, shape: NotFoundShape) -> Server {
         assert!(count >= 1, "a PD cluster needs at least one member");
+        let addrs = vec!["127.0.0.1:0".to_owned(); count];
+        Server::start_on(&addrs, shape).expect("start test PD")
+    }
+
+    /// Starts one member per `host:port` (port 0 picks a free one).
+    /// Member 0 is the leader. The cluster is bootstrapped; call
+    /// `set_bootstrapped(false)` for a fresh cluster a store bootstraps.
+    pub fn start_on(addrs: &[String], shape: NotFoundShape) -> Result<Server, String> {
+        if addrs.is_empty() {
+            return Err("a PD cluster needs at least one member".to_owned());
+        }
         let env = Arc::new(Environment::new(2));
         let cluster = Arc::new(Cluster::new(shape));
         let mut members = Vec::new();
-        for idx in 0..count {
-            let (server, port) = start_member(&env, &cluster, idx, 0);
+        for (idx, addr) in addrs.iter().enumerate() {
+            let (host, port) = addr
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+                .filter(|(h, _)| !h.is_empty())
+                .ok_or_else(|| format!("invalid PD member address {:?}, want host:port", addr))?;
+            let (server, port) = start_member(&env, &cluster, idx, host, port)?;
             members.push(Member {
                 name: format!("pd-{}", idx),
                 id: 100 + idx as u64,
+                host: host.to_owned(),
                 port,
                 server: Some(server),
             });
@@ -74,7 +96,7 @@ impl Server {
             members: Mutex::new(members),
         };
         s.publish_members();
-        s
+        Ok(s)
     }
 
     /// One member, newer PD's header-error shape.
@@ -90,21 +112,22 @@ impl Server {
                 let mut pm = kvproto::pdpb::Member::default();
                 pm.set_name(m.name.clone());
                 pm.set_member_id(m.id);
-                pm.set_client_urls(vec![format!("http://127.0.0.1:{}", m.port)].into());
-                pm.set_peer_urls(vec![format!("http://127.0.0.1:{}", m.port)].into());
+                let url = format!("http://{}:{}", m.host, m.port);
+                pm.set_client_urls(vec![url.clone()].into());
+                pm.set_peer_urls(vec![url].into());
                 pm
             })
             .collect();
         self.cluster.set_members(list);
     }
 
-    /// The members' endpoints, `127.0.0.1:port`.
+    /// The members' endpoints, `host:port`.
     pub fn endpoints(&self) -> Vec<String> {
         self.members
             .lock()
             .unwrap()
             .iter()
-            .map(|m| format!("127.0.0.1:{}", m.port))
+            .map(|m| format!("{}:{}", m.host, m.port))
             .collect()
     }
 
@@ -144,7 +167,9 @@ impl Server {
     pub fn restart_member(&self, idx: usize) {
         let mut ms = self.members.lock().unwrap();
         if ms[idx].server.is_none() {
-            let (server, port) = start_member(&self.env, &self.cluster, idx, ms[idx].port);
+            let (server, port) =
+                start_member(&self.env, &self.cluster, idx, &ms[idx].host, ms[idx].port)
+                    .expect("restart PD member");
             assert_eq!(port, ms[idx].port, "PD member must come back on its port");
             ms[idx].server = Some(server);
         }
@@ -205,6 +230,58 @@ impl Server {
     /// when the store is unknown or not Tombstone.
     pub fn remove_tombstone(&self, id: u64) -> bool {
         self.cluster.remove_tombstone(id)
+    }
+
+    /// Every store PD knows, by id (Tombstone ones included).
+    pub fn all_stores(&self) -> Vec<metapb::Store> {
+        self.cluster.all_stores()
+    }
+
+    /// Sets a known store's state (and the matching node state); false when
+    /// PD does not know the store.
+    pub fn set_store_state(&self, id: u64, state: metapb::StoreState) -> bool {
+        if self.cluster.get_store(id).is_none() {
+            return false;
+        }
+        self.cluster.update_store(id, |s| {
+            s.set_state(state);
+            s.set_node_state(match state {
+                metapb::StoreState::Up => metapb::NodeState::Serving,
+                metapb::StoreState::Offline => metapb::NodeState::Removing,
+                metapb::StoreState::Tombstone => metapb::NodeState::Removed,
+            });
+        });
+        true
+    }
+
+    /// `pd-ctl store remove-tombstone`: forgets every Tombstone store and
+    /// returns their ids.
+    pub fn remove_all_tombstones(&self) -> Vec<u64> {
+        let ids: Vec<u64> = self
+            .cluster
+            .all_stores()
+            .iter()
+            .filter(|s| s.get_state() == metapb::StoreState::Tombstone)
+            .map(|s| s.get_id())
+            .collect();
+        ids.into_iter()
+            .filter(|id| self.cluster.remove_tombstone(*id))
+            .collect()
+    }
+
+    /// The stats of the store's last heartbeat, if it sent one.
+    pub fn last_heartbeat(&self, id: u64) -> Option<kvproto::pdpb::StoreStats> {
+        self.cluster.last_heartbeat(id)
+    }
+
+    /// Every per-store counter: (method, store id, calls).
+    pub fn store_counts(&self) -> Vec<(Method, u64, u64)> {
+        self.cluster.store_counts()
+    }
+
+    /// The not-found answer shape of this cluster.
+    pub fn not_found_shape(&self) -> NotFoundShape {
+        self.cluster.shape()
     }
 
     /// Injects `fault` for every call of `method`.

@@ -201,7 +201,12 @@ impl Pd for PdService {
     ) {
         let this = self.clone();
         self.reply(&ctx, Method::AllocId, None, sink, move || {
-            guarded!(this, req, AllocIDResponse);
+            // PD allocates ids before the cluster is bootstrapped (tikv/pd
+            // server/grpc_service.go AllocID checks no bootstrap): a first
+            // store needs its id to bootstrap.
+            if let Some((c, m)) = this.precheck(req.get_header()) {
+                return Answer::Status(c, m);
+            }
             let mut r = AllocIDResponse::default();
             r.set_header(header(this.cluster.cluster_id()));
             r.set_id(this.cluster.alloc_id());
@@ -328,7 +333,10 @@ impl Pd for PdService {
                 Some(s) if s.get_state() == metapb::StoreState::Tombstone => {
                     r.set_header(tombstone_header(cid));
                 }
-                Some(_) => r.set_header(header(cid)),
+                Some(_) => {
+                    this.cluster.on_heartbeat(req.get_stats().clone());
+                    r.set_header(header(cid))
+                }
                 None => r.set_header(err_header(
                     cid,
                     ErrorType::UNKNOWN,

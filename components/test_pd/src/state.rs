@@ -59,6 +59,7 @@ struct State {
     bootstrapped: bool,
     faults: HashMap<(Method, Option<u64>), Fault>,
     counts: HashMap<(Method, Option<u64>), u64>,
+    heartbeats: HashMap<u64, pdpb::StoreStats>,
     dropped: Vec<Box<dyn Any + Send>>,
 }
 
@@ -81,6 +82,7 @@ impl Cluster {
                 bootstrapped: true,
                 faults: HashMap::new(),
                 counts: HashMap::new(),
+                heartbeats: HashMap::new(),
                 dropped: vec![],
             }),
         }
@@ -194,6 +196,36 @@ impl Cluster {
     /// Keeps a sink alive without answering (the `Drop` fault).
     pub(crate) fn hold(&self, sink: Box<dyn Any + Send>) {
         self.state.lock().unwrap().dropped.push(sink);
+    }
+
+    /// Records a heartbeat of a known store: its stats, and the time in
+    /// the store's `last_heartbeat` (unix nanoseconds, as PD keeps it).
+    pub(crate) fn on_heartbeat(&self, stats: pdpb::StoreStats) {
+        let mut s = self.state.lock().unwrap();
+        let id = stats.get_store_id();
+        if let Some(store) = s.stores.get_mut(&id) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            store.set_last_heartbeat(now.as_nanos() as i64);
+            s.heartbeats.insert(id, stats);
+        }
+    }
+
+    pub(crate) fn last_heartbeat(&self, id: u64) -> Option<pdpb::StoreStats> {
+        self.state.lock().unwrap().heartbeats.get(&id).cloned()
+    }
+
+    /// Every (method, store) counter with a store.
+    pub(crate) fn store_counts(&self) -> Vec<(Method, u64, u64)> {
+        let s = self.state.lock().unwrap();
+        let mut v: Vec<_> = s
+            .counts
+            .iter()
+            .filter_map(|((m, id), n)| id.map(|id| (*m, id, *n)))
+            .collect();
+        v.sort_by_key(|(m, id, _)| (format!("{:?}", m), *id));
+        v
     }
 
     pub(crate) fn count(&self, m: Method, store: Option<u64>) -> u64 {

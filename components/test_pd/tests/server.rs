@@ -128,6 +128,10 @@ fn heartbeat_alloc_and_bootstrap() {
         r.get_header().get_error().get_field_type(),
         ErrorType::NOT_BOOTSTRAPPED
     );
+    // PD hands out ids before bootstrap: the first store needs one.
+    let z = c.alloc_id(&a).unwrap();
+    assert!(!z.get_header().has_error());
+    assert!(z.get_id() > y);
     assert!(!c.bootstrap(&b).unwrap().get_header().has_error());
     assert!(c.is_bootstrapped(&ib).unwrap().get_bootstrapped());
     assert_eq!(pd.get_store(2).unwrap().get_address(), "127.0.0.1:20162");
