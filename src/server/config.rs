@@ -13,8 +13,17 @@ pub const DEFAULT_RAFT_CLIENT_QUEUE_SIZE: usize = 8192;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case")]
 pub struct Config {
-    /// Address the raft service listens on.
+    /// Address the raft service listens on (`host:port`; port 0 picks a
+    /// free one, which is then advertised).
     pub addr: String,
+    /// Address other stores and clients use to reach this store; empty
+    /// means `addr`. Must not be an unspecified host such as 0.0.0.0.
+    pub advertise_addr: String,
+    /// Address of the status server (`/metrics`, `/status`); empty turns it
+    /// off.
+    pub status_addr: String,
+    /// Store labels sent to PD, e.g. `{ zone = "lab" }`.
+    pub labels: std::collections::BTreeMap<String, String>,
     /// Connections per peer store.
     pub grpc_raft_conn_num: usize,
     /// Messages queued per peer store, split across its connections.
@@ -51,6 +60,9 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             addr: "127.0.0.1:20160".to_owned(),
+            advertise_addr: String::new(),
+            status_addr: "127.0.0.1:20180".to_owned(),
+            labels: Default::default(),
             grpc_raft_conn_num: 1,
             raft_client_queue_size: DEFAULT_RAFT_CLIENT_QUEUE_SIZE,
             raft_client_max_backoff: ReadableDuration::secs(5),
@@ -77,6 +89,28 @@ impl Config {
     /// Rejects values the raft client cannot work with.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |m: String| Err(ConfigError(m));
+        check_listen_addr("addr", &self.addr).map_err(ConfigError)?;
+        if !self.status_addr.is_empty() {
+            check_listen_addr("status-addr", &self.status_addr).map_err(ConfigError)?;
+        }
+        if !self.advertise_addr.is_empty() {
+            check_listen_addr("advertise-addr", &self.advertise_addr).map_err(ConfigError)?;
+            let (host, port) = self.advertise_addr.rsplit_once(':').unwrap_or_default();
+            if port == "0" || is_unspecified_host(host) {
+                return err(format!(
+                    "advertise-addr {:?} must name a host and port other stores can reach",
+                    self.advertise_addr
+                ));
+            }
+        }
+        for (k, v) in &self.labels {
+            if !is_valid_label(k) || !is_valid_label(v) {
+                return err(format!(
+                    "labels: {:?} = {:?} is not a valid label (letters, digits, '-', '_', '.', '/')",
+                    k, v
+                ));
+            }
+        }
         if self.grpc_raft_conn_num == 0 {
             return err("grpc-raft-conn-num must be at least 1".into());
         }
@@ -125,6 +159,15 @@ impl Config {
         Ok(())
     }
 
+    /// The address this store announces: `advertise-addr`, else `addr`.
+    pub fn advertised_addr(&self) -> &str {
+        if self.advertise_addr.is_empty() {
+            &self.addr
+        } else {
+            &self.advertise_addr
+        }
+    }
+
     /// Queue capacity of one connection.
     pub fn queue_size_per_conn(&self) -> usize {
         (self.raft_client_queue_size / self.grpc_raft_conn_num).max(1)
@@ -134,6 +177,42 @@ impl Config {
     pub fn initial_backoff(&self) -> Duration {
         self.raft_client_initial_reconnect_backoff.0
     }
+}
+
+/// `host:port` with a numeric port (0 allowed: a free port is picked).
+fn check_listen_addr(key: &str, addr: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("{} {:?} is not host:port ({})", key, addr, why));
+    if addr.is_empty() {
+        return bad("empty");
+    }
+    if addr.contains("://") || addr.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return bad("no scheme or spaces allowed");
+    }
+    match addr.rsplit_once(':') {
+        None => bad("no port"),
+        Some((h, _)) if h.is_empty() || h == "[]" => bad("no host"),
+        Some((_, p)) if p.parse::<u16>().is_err() => bad("port must be 0-65535"),
+        Some(_) => Ok(()),
+    }
+}
+
+fn is_unspecified_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.parse::<std::net::IpAddr>()
+        .map(|ip| ip.is_unspecified())
+        .unwrap_or(false)
+}
+
+/// TiKV's label rule, simplified: non-empty, ASCII letters, digits and
+/// `-_./`, starting and ending with a letter or digit (`$` may lead).
+fn is_valid_label(s: &str) -> bool {
+    let body = s.strip_prefix('$').unwrap_or(s);
+    !body.is_empty()
+        && body
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+        && body.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && body.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
 #[cfg(test)]
@@ -193,6 +272,41 @@ mod tests {
         // A plain number of bytes is accepted as TiKV's integer form.
         let c: TikvConfig = toml::from_str("[server]\nmax-grpc-send-msg-len = 10485760").unwrap();
         assert_eq!(c.server.max_grpc_send_msg_len, ReadableSize::mb(10));
+    }
+
+    #[test]
+    fn addresses_and_labels_are_checked_naming_the_key() {
+        let ok: TikvConfig = toml::from_str(
+            "[server]\naddr = \"0.0.0.0:0\"\nadvertise-addr = \"10.0.0.1:20160\"\nlabels = { zone = \"lab-1\", host = \"h1\" }",
+        )
+        .unwrap();
+        ok.server.validate().unwrap();
+        assert_eq!(ok.server.advertised_addr(), "10.0.0.1:20160");
+        assert_eq!(Config::default().advertised_addr(), "127.0.0.1:20160");
+        let bad = |edit: fn(&mut Config), key: &str| {
+            let mut c = Config::default();
+            edit(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{} should name {}", e, key);
+        };
+        bad(|c| c.addr = String::new(), "addr");
+        bad(|c| c.addr = "127.0.0.1".into(), "addr");
+        bad(|c| c.addr = "http://127.0.0.1:1".into(), "addr");
+        bad(|c| c.addr = "127.0.0.1:99999".into(), "addr");
+        bad(|c| c.status_addr = ":20180".into(), "status-addr");
+        bad(|c| c.advertise_addr = "0.0.0.0:20160".into(), "advertise-addr");
+        bad(|c| c.advertise_addr = "[::]:20160".into(), "advertise-addr");
+        bad(|c| c.advertise_addr = "10.0.0.1:0".into(), "advertise-addr");
+        bad(|c| {
+            c.labels.insert("zone".into(), "".into());
+        }, "labels");
+        bad(|c| {
+            c.labels.insert("-zone".into(), "a".into());
+        }, "labels");
+        // An empty status address turns the status server off.
+        let mut c = Config::default();
+        c.status_addr.clear();
+        c.validate().unwrap();
     }
 
     #[test]

@@ -95,3 +95,21 @@ lazy_static! {
     )
     .unwrap();
 }
+
+/// Registers every metric of this module now, so `/metrics` lists them all
+/// from the start instead of after first use.
+pub fn init() {
+    lazy_static::initialize(&RESOLVE_STORE_COUNTER);
+    lazy_static::initialize(&ADDRESS_RESOLVE_HISTOGRAM);
+    lazy_static::initialize(&RESOLVE_PD_CALL_COUNTER);
+    lazy_static::initialize(&RAFT_MESSAGE_FLUSH_COUNTER);
+    lazy_static::initialize(&REPORT_FAILURE_MSG_COUNTER);
+    lazy_static::initialize(&RAFT_CLIENT_CONNECTION_COUNTER);
+    lazy_static::initialize(&RAFT_CLIENT_CONNECTIONS);
+    lazy_static::initialize(&RAFT_CLIENT_RESOLVE_COUNTER);
+    lazy_static::initialize(&RAFT_CLIENT_TOMBSTONE_STORES);
+    lazy_static::initialize(&RAFT_CLIENT_NOT_FOUND_STORES);
+    lazy_static::initialize(&RAFT_SERVICE_RECV_COUNTER);
+    lazy_static::initialize(&MESSAGE_RECV_BY_STORE);
+    lazy_static::initialize(&RAFT_MESSAGE_DURATION_VEC);
+}

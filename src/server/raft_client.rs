@@ -253,7 +253,7 @@ pub struct RaftClientStats {
 }
 
 /// A consistent-enough snapshot of [`RaftClientStats`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StatsSnapshot {
     /// Messages given to `send`.
     pub sent: u64,
@@ -263,6 +263,30 @@ pub struct StatsSnapshot {
     pub refused: u64,
     /// Messages reported unreachable to the router.
     pub reported_unreachable: u64,
+}
+
+/// A store's not-found episode, as operators see it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct NotFoundView {
+    /// The store PD does not know.
+    pub store_id: u64,
+    /// Not-found answers so far in this episode.
+    pub attempts: u64,
+    /// The wait after the next not-found answer, in milliseconds.
+    pub next_backoff_ms: u64,
+}
+
+/// The connection pool, as operators see it (the status server's JSON).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PoolView {
+    /// Live connection tasks per store.
+    pub connections: std::collections::BTreeMap<u64, usize>,
+    /// Connection attempts (channel connects) per store since start.
+    pub connection_attempts: std::collections::BTreeMap<u64, u64>,
+    /// Stores found tombstone: never connected to again.
+    pub tombstones: Vec<u64>,
+    /// Stores PD does not know right now.
+    pub not_found: Vec<NotFoundView>,
 }
 
 impl StatsSnapshot {
@@ -579,6 +603,29 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
     pub fn connection_attempts(&self, store_id: u64) -> u64 {
         let pool = self.shared.pool.lock().unwrap();
         pool.connects.get(&store_id).copied().unwrap_or(0)
+    }
+
+    /// Connections, attempts, tombstones and not-found episodes per store.
+    pub fn pool_view(&self) -> PoolView {
+        let pool = self.shared.pool.lock().unwrap();
+        let mut v = PoolView::default();
+        for (store_id, _) in pool.connections.keys() {
+            *v.connections.entry(*store_id).or_default() += 1;
+        }
+        v.connection_attempts = pool.connects.iter().map(|(k, n)| (*k, *n)).collect();
+        v.tombstones = pool.tombstone_stores.iter().copied().collect();
+        v.tombstones.sort_unstable();
+        v.not_found = pool
+            .not_found
+            .iter()
+            .map(|(id, e)| NotFoundView {
+                store_id: *id,
+                attempts: e.attempts,
+                next_backoff_ms: e.backoff.as_millis() as u64,
+            })
+            .collect();
+        v.not_found.sort_by_key(|e| e.store_id);
+        v
     }
 
     /// Number of live connection tasks.

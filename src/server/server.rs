@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use grpcio::{Environment, Server as GrpcServer, ServerBuilder, ServerCredentials};
+use grpcio::{ChannelBuilder, Environment, Server as GrpcServer, ServerBuilder, ServerCredentials};
 
 use super::raft_extension::RaftExtension;
 use super::service::Service;
@@ -23,7 +23,11 @@ impl Server {
         let (host, _) = addr.rsplit_once(':').ok_or_else(|| {
             grpcio::Error::BindFail(std::ffi::CString::new(addr).unwrap_or_default())
         })?;
+        // gRPC binds with SO_REUSEPORT by default: a second store on the
+        // same port would share it silently. Refuse instead.
+        let args = ChannelBuilder::new(env.clone()).reuse_port(false).build_args();
         let mut server = ServerBuilder::new(env)
+            .channel_args(args)
             .register_service(kvproto::tikvpb::create_tikv(svc))
             .build()?;
         let port = server.add_listening_port(addr, ServerCredentials::insecure())?;
