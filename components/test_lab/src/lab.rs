@@ -1,0 +1,234 @@
+//! A lab cluster of real processes: one `test-pd` and `tikv-server`s, each
+//! with its data dir and log file in one temporary directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::http;
+use crate::process::{bin, LabProcess};
+
+/// The stores' config in the lab: short ticks and backoffs so the walk
+/// takes seconds. Every key is one `tikv-server` documents.
+pub const LAB_CONFIG: &str = r#"
+[log]
+level = "info"
+
+[server]
+raft-client-initial-reconnect-backoff = "100ms"
+raft-client-max-backoff = "1s"
+raft-client-not-found-max-backoff = "1s"
+raft-client-not-found-log-interval = "10s"
+raft-client-connect-timeout = "1s"
+raft-client-call-confirm-window = "300ms"
+store-not-found-cache-ttl = "100ms"
+
+[pd]
+retry-interval = "100ms"
+
+[raftstore]
+raft-base-tick-interval = "100ms"
+raft-heartbeat-ticks = 1
+pd-store-heartbeat-tick-interval = "500ms"
+synthetic-regions = 8
+synthetic-store-refresh-interval = "300ms"
+"#;
+
+/// A running store process.
+pub struct LabStore {
+    /// Its store id.
+    pub id: u64,
+    /// Its raft address.
+    pub addr: String,
+    /// Its status server, `host:port`.
+    pub status: String,
+    /// Its data dir.
+    pub data_dir: PathBuf,
+    /// Its log file.
+    pub log: PathBuf,
+    /// The process.
+    pub process: LabProcess,
+}
+
+/// The lab cluster.
+pub struct Lab {
+    /// `old` or `new`.
+    pub flavor: String,
+    /// test-pd's gRPC endpoints, comma separated.
+    pub pd_endpoints: String,
+    /// test-pd's HTTP API, `host:port`.
+    pub pd_http: String,
+    /// The cluster id test-pd reports.
+    pub cluster_id: u64,
+    /// Running stores by id.
+    pub stores: BTreeMap<u64, LabStore>,
+    /// The test-pd process.
+    pub pd: LabProcess,
+    config: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    /// Starts test-pd with `flavor` (`old` or `new`).
+    pub fn start(flavor: &str) -> Result<Lab, String> {
+        Lab::start_with(flavor, &[])
+    }
+
+    /// As [`start`](Self::start), with `extra` test-pd arguments.
+    pub fn start_with(flavor: &str, extra: &[&str]) -> Result<Lab, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("tikv-lab-")
+            .tempdir()
+            .map_err(|e| format!("temp dir: {}", e))?;
+        let mut cmd = Command::new(bin("test-pd")?);
+        cmd.args(["--addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(["--flavor", flavor])
+            .args(extra);
+        let pd = LabProcess::spawn("test-pd", cmd, &dir.path().join("test-pd.stderr"))?;
+        let config = dir.path().join("tikv.toml");
+        std::fs::write(&config, LAB_CONFIG).map_err(|e| format!("{}: {}", config.display(), e))?;
+        Ok(Lab {
+            flavor: flavor.to_owned(),
+            pd_endpoints: pd.field("pd"),
+            pd_http: pd.field("http"),
+            cluster_id: pd.ready["cluster_id"].as_u64().unwrap_or(0),
+            stores: BTreeMap::new(),
+            pd,
+            config,
+            dir,
+        })
+    }
+
+    /// The lab's temporary directory (logs, data dirs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A data dir path for `name` (not created).
+    pub fn data_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The command that starts a store with data dir `name`, the lab
+    /// config, its log in the lab dir, and free ports unless `extra` (added
+    /// last) names `--addr` or `--status-addr`.
+    pub fn store_command(&self, name: &str, extra: &[&str]) -> Result<Command, String> {
+        let mut cmd = Command::new(bin("tikv-server")?);
+        cmd.arg("--config")
+            .arg(&self.config)
+            .args(["--pd", &self.pd_endpoints])
+            .arg("--data-dir")
+            .arg(self.data_dir(name))
+            .arg("--log-file")
+            .arg(self.dir.path().join(format!("{}.log", name)));
+        // Free ports unless `extra` names the address.
+        for flag in ["--addr", "--status-addr"] {
+            if !extra.contains(&flag) {
+                cmd.args([flag, "127.0.0.1:0"]);
+            }
+        }
+        cmd.args(extra);
+        Ok(cmd)
+    }
+
+    /// Starts a store on a free port with data dir `name`; returns its id.
+    pub fn start_store(&mut self, name: &str) -> Result<u64, String> {
+        self.start_store_with(name, &[])
+    }
+
+    /// As [`start_store`](Self::start_store), with `extra` arguments.
+    pub fn start_store_with(&mut self, name: &str, extra: &[&str]) -> Result<u64, String> {
+        let data_dir = self.data_dir(name);
+        let log = self.dir.path().join(format!("{}.log", name));
+        let cmd = self.store_command(name, extra)?;
+        let stderr = self.dir.path().join(format!("{}.stderr", name));
+        let p = LabProcess::spawn(&format!("tikv-server {}", name), cmd, &stderr)?;
+        let id = p.ready["store_id"]
+            .as_u64()
+            .ok_or_else(|| format!("{} printed no store id: {}", name, p.ready))?;
+        let store = LabStore {
+            id,
+            addr: p.field("addr"),
+            status: p.field("status_addr"),
+            data_dir,
+            log,
+            process: p,
+        };
+        self.stores.insert(id, store);
+        Ok(id)
+    }
+
+    /// Store `id`, running.
+    pub fn store(&self, id: u64) -> Result<&LabStore, String> {
+        self.stores
+            .get(&id)
+            .ok_or_else(|| format!("store {} is not running", id))
+    }
+
+    /// Store `id`'s raft client view (`/debug/raft_client`).
+    pub fn raft_client(&self, id: u64) -> Result<Value, String> {
+        http::get_json(&format!("http://{}/debug/raft_client", self.store(id)?.status))
+    }
+
+    /// Store `id`'s `/status`.
+    pub fn status(&self, id: u64) -> Result<Value, String> {
+        http::get_json(&format!("http://{}/status", self.store(id)?.status))
+    }
+
+    /// Store `id`'s `/metrics` text.
+    pub fn metrics(&self, id: u64) -> Result<String, String> {
+        http::get_text(&format!("http://{}/metrics", self.store(id)?.status))
+    }
+
+    /// A PD API call: `method /pd/api/v1/...`.
+    pub fn pd_api(&self, method: &str, path: &str) -> Result<(u16, String), String> {
+        http::request(method, &format!("http://{}{}", self.pd_http, path), "")
+    }
+
+    /// test-pd's counters.
+    pub fn counters(&self) -> Result<Value, String> {
+        http::get_json(&format!("http://{}/test-pd/api/v1/counters", self.pd_http))
+    }
+
+    /// GetStore calls test-pd received for `store_id`.
+    pub fn get_store_calls(&self, store_id: u64) -> Result<u64, String> {
+        Ok(self.counters()?["per_store"]["GetStore"][store_id.to_string()]
+            .as_u64()
+            .unwrap_or(0))
+    }
+
+    /// The store's `state_name` in PD, or `None` when PD answers 404.
+    pub fn pd_state(&self, store_id: u64) -> Result<Option<String>, String> {
+        let (code, body) = self.pd_api("GET", &format!("/pd/api/v1/store/{}", store_id))?;
+        match code {
+            200 => {
+                let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+                Ok(v["store"]["state_name"].as_str().map(str::to_owned))
+            }
+            404 => Ok(None),
+            c => Err(format!("GET store {}: {} {}", store_id, c, body)),
+        }
+    }
+
+    /// The region count PD has from the store's last heartbeat.
+    pub fn pd_region_count(&self, store_id: u64) -> Result<u64, String> {
+        let v = http::get_json(&format!(
+            "http://{}/pd/api/v1/store/{}",
+            self.pd_http, store_id
+        ))?;
+        Ok(v["status"]["region_count"].as_u64().unwrap_or(0))
+    }
+
+    /// Warn and error lines in store `id`'s log naming `about`.
+    pub fn warn_lines_about(&self, id: u64, about: u64) -> Result<usize, String> {
+        let log = &self.store(id)?.log;
+        let text = std::fs::read_to_string(log).map_err(|e| format!("{}: {}", log.display(), e))?;
+        let key = format!("store_id={}]", about);
+        Ok(text
+            .lines()
+            .filter(|l| (l.contains("[WARN]") || l.contains("[ERROR]")) && l.contains(&key))
+            .count())
+    }
+}
