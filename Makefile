@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export RUST_BACKTRACE ?= 1
 
-.PHONY: all setup build run test unit-test fail failpoint-test mutants clippy format format-check bench clean
+.PHONY: all setup build run test unit-test process-test fail failpoint-test mutants clippy format format-check bench clean
 
 all: build
 
@@ -15,22 +15,36 @@ build: setup
 	$(CARGO) build --workspace --all-targets
 
 ## The drill: walk a store through Offline, Tombstone and remove-tombstone
-## on an embedded cluster. `make run ARGS="--pd old --verbose"`.
+## and check every step. In-process by default; on real test-pd and
+## tikv-server processes with ARGS=--processes. `--json` for scripts,
+## `--pd old|new`, `--verbose`. Exits 1 when an expectation fails.
 run: setup
+	$(CARGO) build --workspace
 	$(CARGO) run -p tikv-drill -- $(ARGS)
 
-## Every test: unit and integration tests of the whole workspace, then the
-## failpoint suite (built with --features failpoints).
+## Every test: the binaries the process tests spawn (same debug build),
+## unit, integration and process tests of the whole workspace, then the
+## failpoint suite and tikv-server's failpoint endpoints (both built with
+## --features failpoints).
 test: setup
+	$(CARGO) build --workspace
 	$(CARGO) test --workspace
 	$(CARGO) test --features failpoints --test failpoints
+	$(CARGO) test -p tikv-server --features failpoints --test failpoints
+
+## Only the removed-store scenario and CLI tests on real processes.
+process-test: setup
+	$(CARGO) build --workspace
+	$(CARGO) test --test process
 
 unit-test: setup
+	$(CARGO) build --workspace
 	$(CARGO) test --workspace
 
 ## Only the failpoint suite (tests/failpoints, --features failpoints).
 fail: setup
 	$(CARGO) test --features failpoints --test failpoints
+	$(CARGO) test -p tikv-server --features failpoints --test failpoints
 
 failpoint-test: fail
 

@@ -1,22 +1,29 @@
-//! `tikv-drill`: walks a store through decommission and removal on an
-//! embedded cluster (test_pd + three raft services + store 1's raft client)
-//! and prints, at each step, what PD answers, what the resolver concludes
-//! and what the raft client does, plus a cold-start case.
+//! `tikv-drill`: walks a store through decommission and removal and checks,
+//! at each step, what PD answers, what the resolver concludes and what the
+//! raft client does, plus a cold-start case. In-process by default (test_pd
+//! + three raft services + store 1's raft client); `--processes` walks the
+//! same scenario on real `test-pd` and `tikv-server` processes. Prints one
+//! report (a table, or JSON with `--json`) and exits 1 when an expectation
+//! failed.
 //!
-//! Usage: `tikv-drill [--pd old|new] [--verbose]`
-//!   --pd old   PD answers not-found with gRPC status 2-UNKNOWN
-//!   --pd new   PD answers with a response header error UNKNOWN (default)
-//!   --verbose  print the raft client's log lines (TiKV format) to stderr
+//! Usage: `tikv-drill [--pd old|new] [--processes] [--json] [--verbose]`
+//!   --pd old      PD answers not-found with gRPC status 2-UNKNOWN
+//!   --pd new      PD answers with a response header error UNKNOWN (default)
+//!   --processes   spawn test-pd and tikv-servers (built by cargo) instead
+//!   --json        print the report as JSON on stdout
+//!   --verbose     print the raft client's log lines (TiKV format) to stderr
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tikv::server::raft_client::DiscardReason;
 
 use grpcio::Environment;
 use kvproto::raft_serverpb::RaftMessage;
 use pd_client::{Config as PdConfig, PdClient, RpcClient};
 use slog::Level;
+use test_lab::{Progress, Report};
 use test_pd::{NotFoundShape, Server as PdServer};
-use tikv::server::raft_client::StatsSnapshot;
 use tikv::server::resolve::{self, resolve_blocking, ResolverConfig};
 use tikv::server::{Config, ConnectionBuilder, RaftClient, RecordingExtension, Server, Service};
 use tikv_util::config::ReadableDuration;
@@ -26,7 +33,7 @@ const VICTIM: u64 = 3;
 const LATECOMER: u64 = 4;
 
 fn usage() -> ! {
-    eprintln!("usage: tikv-drill [--pd old|new] [--verbose]");
+    eprintln!("usage: tikv-drill [--pd old|new] [--processes] [--json] [--verbose]");
     std::process::exit(2)
 }
 
@@ -40,21 +47,9 @@ fn msg(region_id: u64, to: u64) -> RaftMessage {
     m
 }
 
-fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        if Instant::now() > deadline {
-            eprintln!("drill: gave up waiting for {}", what);
-            return false;
-        }
-        std::thread::park_timeout(Duration::from_millis(10));
-    }
-    true
-}
-
 fn pd_answer(pd: &RpcClient, id: u64) -> String {
     match pd.get_store(id) {
-        Ok(s) => format!("Ok(state {:?}, {})", s.get_state(), s.get_address()),
+        Ok(s) => format!("Ok(state {:?})", s.get_state()),
         Err(e) => format!("Err({})", short(&format!("{:?}", e))),
     }
 }
@@ -68,18 +63,31 @@ fn short(s: &str) -> String {
     }
 }
 
-fn main() {
-    let mut shape = NotFoundShape::Header;
-    let mut verbose = false;
+struct Args {
+    shape: NotFoundShape,
+    processes: bool,
+    json: bool,
+    verbose: bool,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        shape: NotFoundShape::Header,
+        processes: false,
+        json: false,
+        verbose: false,
+    };
     let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
+    while let Some(x) = args.next() {
+        match x.as_str() {
             "--pd" => match args.next().as_deref() {
-                Some("old") => shape = NotFoundShape::GrpcStatus,
-                Some("new") => shape = NotFoundShape::Header,
+                Some("old") => a.shape = NotFoundShape::GrpcStatus,
+                Some("new") => a.shape = NotFoundShape::Header,
                 _ => usage(),
             },
-            "--verbose" => verbose = true,
+            "--processes" => a.processes = true,
+            "--json" => a.json = true,
+            "--verbose" => a.verbose = true,
             "-h" | "--help" => usage(),
             other => {
                 eprintln!("unknown argument {:?}", other);
@@ -87,14 +95,55 @@ fn main() {
             }
         }
     }
-    let log = if verbose {
+    a
+}
+
+fn main() {
+    let args = parse_args();
+    let flavor = match args.shape {
+        NotFoundShape::GrpcStatus => "old",
+        NotFoundShape::Header => "new",
+    };
+    let progress = Progress::new(!args.json);
+    let report = if args.processes {
+        if !args.json {
+            println!(
+                "tikv-drill: test-pd ({} PD) and tikv-server processes from {}",
+                flavor,
+                test_lab::process::bin_dir().display()
+            );
+        }
+        match test_lab::scenario::removed_store_walk(flavor, progress) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("tikv-drill: cannot run the walk on processes: {}", e);
+                std::process::exit(1)
+            }
+        }
+    } else {
+        in_process(&args, flavor, progress)
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    } else {
+        println!();
+        print!("{}", report.table());
+    }
+    if !report.passed() {
+        std::process::exit(1);
+    }
+}
+
+/// Message accounting and delivery waits for the in-process walk.
+fn in_process(args: &Args, flavor: &str, progress: Progress) -> Report {
+    let log = if args.verbose {
         tikv_util::logger::stderr_logger(Level::Info)
     } else {
         tikv_util::logger::discard()
     };
-
+    let mut r = Report::new("in-process", flavor);
     let env = Arc::new(Environment::new(2));
-    let pd = PdServer::new(3, shape);
+    let pd = PdServer::new(3, args.shape);
     let mut nodes = Vec::new();
     for id in 1..=3u64 {
         let ext = RecordingExtension::new();
@@ -105,7 +154,6 @@ fn main() {
     }
     let pd_cfg = PdConfig::new(pd.endpoints());
     let pd_client = Arc::new(RpcClient::new(&pd_cfg, None, log.clone()).expect("connect PD"));
-
     let cfg = Config {
         raft_client_initial_reconnect_backoff: ReadableDuration::millis(100),
         raft_client_max_backoff: ReadableDuration::secs(1),
@@ -120,120 +168,120 @@ fn main() {
         not_found_ttl: cfg.store_not_found_cache_ttl.0,
         refresh_interval: Duration::ZERO,
     };
-    let resolver = resolve::new_resolver_with(
-        pd_client.clone(),
-        &worker,
-        router.clone(),
-        rcfg,
-        log.clone(),
-    );
+    let resolver =
+        resolve::new_resolver_with(pd_client.clone(), &worker, router.clone(), rcfg, log.clone());
     let mut client = RaftClient::new(
         1,
         ConnectionBuilder::new(env, cfg, resolver.clone(), router.clone()).logger(log),
     );
-
-    println!(
-        "tikv-drill: embedded PD ({} members, {} not-found shape), stores 1-3 on loopback; store 1 sends to store {}",
-        pd.endpoints().len(),
-        match shape {
-            NotFoundShape::GrpcStatus => "old PD: gRPC 2-UNKNOWN",
-            NotFoundShape::Header => "new PD: header UNKNOWN",
-        },
-        VICTIM
-    );
-    println!();
-    println!(
-        "{:<22} | {:<50} | {:<24} | {:<34} | GetStore calls",
-        "step", "PD GetStore (pd_client)", "resolve", "raft client"
-    );
-    println!("{}", "-".repeat(150));
+    if !args.json {
+        println!(
+            "tikv-drill: embedded PD ({} members, {} PD), stores 1-3 on loopback; store 1 sends to store {}",
+            pd.endpoints().len(),
+            flavor,
+            VICTIM
+        );
+    }
 
     let victim_ext = nodes[2].1.clone();
-    let victim_fed = move || victim_ext.fed_count();
     let mut region = 0u64;
-    let mut step = |name: &str, client: &mut RaftClient<_, _>, pd: &PdServer| {
+    // One message to the victim; what PD, the resolver and the raft client
+    // say about it.
+    let mut step = |client: &mut RaftClient<_, _>, pd: &PdServer| -> (String, String) {
         let answer = pd_answer(&pd_client, VICTIM);
         let verdict = match resolve_blocking(&resolver, VICTIM, Duration::from_secs(10)) {
-            Ok(a) => format!("Ok({})", a),
-            Err(e) => format!("{:?}", e),
+            Ok(_) => "Ok(address)".to_owned(),
+            Err(e) => short(&format!("{:?}", e)),
         };
-        let before_fed = victim_fed();
+        let before_fed = victim_ext.fed_count();
         let before = client.stats();
         region += 1;
         let sent = client.send(msg(region, VICTIM));
         client.flush();
         let action = match sent {
-            Err(r) => format!("send refused: {:?}", r),
+            Err(reason) => format!("send refused: {:?}", reason),
             Ok(()) => {
-                let ok = wait("delivery or report", Duration::from_secs(10), || {
+                let done = progress.wait("delivery or report", Duration::from_secs(10), || {
                     let s = client.stats();
-                    s.delivered > before.delivered
-                        || s.reported_unreachable > before.reported_unreachable
+                    (s.delivered > before.delivered || s.reported_unreachable > before.reported_unreachable)
+                        .then_some(s)
                 });
-                let s = client.stats();
-                if !ok {
-                    "pending".to_owned()
-                } else if s.delivered > before.delivered {
-                    wait("fed", Duration::from_secs(5), || victim_fed() > before_fed);
-                    "delivered".to_owned()
-                } else if client.is_tombstone(VICTIM) {
-                    "reported; tombstone, stopped".to_owned()
-                } else if let Some((n, b)) = client.not_found_episode(VICTIM) {
-                    format!("reported; not-found try {}, next {:?}", n, b)
-                } else {
-                    "reported unreachable".to_owned()
+                match done {
+                    None => "pending".to_owned(),
+                    Some(s) if s.delivered > before.delivered => {
+                        let fed = progress.wait("the store to receive it", Duration::from_secs(5), || {
+                            (victim_ext.fed_count() > before_fed).then_some(())
+                        });
+                        if fed.is_some() { "delivered".into() } else { "written, not received".into() }
+                    }
+                    Some(_) if client.is_tombstone(VICTIM) => "reported; tombstone, stopped".to_owned(),
+                    Some(_) => match client.not_found_episode(VICTIM) {
+                        Some((n, b)) => format!("reported; not-found try {}, next {:?}", n, b),
+                        None => "reported unreachable".to_owned(),
+                    },
                 }
             }
         };
-        println!(
-            "{:<22} | {:<50} | {:<24} | {:<34} | {}",
-            name,
-            answer,
-            short(&verdict),
+        (
+            format!("PD {} | resolve {} | {} | GetStore calls {}", answer, verdict, action, pd.get_store_count(VICTIM)),
             action,
-            pd.get_store_count(VICTIM)
-        );
+        )
     };
 
-    step("Up", &mut client, &pd);
+    let (obs, action) = step(&mut client, &pd);
+    r.check("Up", "delivered", obs, action == "delivered");
     pd.set_offline(VICTIM);
-    step("Offline", &mut client, &pd);
+    let (obs, action) = step(&mut client, &pd);
+    r.check("Offline", "delivered (an Offline store still serves)", obs, action == "delivered");
     // Every region has left the store: PD buries it and its process exits.
     nodes[2].2.stop();
     pd.bury(VICTIM);
     let t = Instant::now();
-    step("Tombstone (stopped)", &mut client, &pd);
-    let stopped = wait("tombstone verdict", Duration::from_secs(10), || {
-        client.is_tombstone(VICTIM)
-    });
-    println!(
-        "{:<22} | raft client stopped reconnecting to store {}: {} ({:?} after the store went away), connections left: {}",
-        "",
-        VICTIM,
-        stopped,
-        t.elapsed(),
-        client.connection_count()
+    let (obs, action) = step(&mut client, &pd);
+    r.check(
+        "Tombstone (stopped)",
+        "not delivered: reported to raftstore",
+        obs,
+        action.starts_with("reported"),
+    );
+    let stopped = progress
+        .wait("tombstone verdict", Duration::from_secs(10), || client.is_tombstone(VICTIM).then_some(()))
+        .is_some();
+    r.check(
+        "Tombstone (stopped)",
+        "tombstone verdict, no connection left to the store",
+        format!(
+            "verdict {} after {:?}, connections to it {}",
+            stopped,
+            t.elapsed(),
+            client.pool_view().connections.get(&VICTIM).copied().unwrap_or(0)
+        ),
+        stopped && !client.pool_view().connections.contains_key(&VICTIM),
     );
     pd.remove_tombstone(VICTIM);
-    step("remove-tombstone", &mut client, &pd);
     let calls = pd.get_store_count(VICTIM);
-    for r in 0..100 {
-        let _ = client.send(msg(1000 + r, VICTIM));
+    let (obs, action) = step(&mut client, &pd);
+    r.check(
+        "remove-tombstone",
+        "refused at send (Disconnected); the only GetStore is the drill's own",
+        obs,
+        action == format!("send refused: {:?}", DiscardReason::Disconnected)
+            && pd.get_store_count(VICTIM) == calls + 1,
+    );
+    let calls = pd.get_store_count(VICTIM);
+    let refused = client.stats().refused;
+    for i in 0..100 {
+        let _ = client.send(msg(1000 + i, VICTIM));
     }
     client.flush();
-    println!(
-        "{:<22} | 100 more sends: all refused Disconnected = {}, new PD calls = {}",
+    r.check(
         "after the verdict",
-        client.stats().refused >= 101,
-        pd.get_store_count(VICTIM) - calls
+        "100 more sends refused, 0 GetStore calls",
+        format!("refused {}, GetStore calls {}", client.stats().refused - refused, pd.get_store_count(VICTIM) - calls),
+        client.stats().refused - refused == 100 && pd.get_store_count(VICTIM) == calls,
     );
 
     // Cold start: a live store that is not registered in PD yet.
-    println!();
-    println!(
-        "cold start: store {} is alive but not registered in PD yet",
-        LATECOMER
-    );
     let ext4 = RecordingExtension::new();
     let server4 = Server::start(
         Arc::new(Environment::new(1)),
@@ -241,46 +289,41 @@ fn main() {
         Service::new(LATECOMER, ext4.clone()),
     )
     .expect("start store 4");
-    client.send(msg(1, LATECOMER)).unwrap();
+    client.send(msg(1, LATECOMER)).expect("queued");
     client.flush();
-    wait("not-found episode", Duration::from_secs(10), || {
-        client.not_found_episode(LATECOMER).is_some()
-    });
-    println!(
-        "  before registration: tombstone = {}, not-found episode = {:?}",
-        client.is_tombstone(LATECOMER),
+    let episode = progress.wait("not-found episode", Duration::from_secs(10), || {
         client.not_found_episode(LATECOMER)
+    });
+    r.check(
+        "cold start",
+        "unregistered store: not-found episode, not tombstone",
+        format!("episode {:?}, tombstone {}", episode, client.is_tombstone(LATECOMER)),
+        episode.is_some() && !client.is_tombstone(LATECOMER),
     );
     pd.add_store(LATECOMER, server4.addr());
     let t = Instant::now();
-    let ok = wait("store 4 delivery", Duration::from_secs(15), || {
+    let flowed = progress.wait("messages to the registered store", Duration::from_secs(15), || {
         let _ = client.send(msg(2, LATECOMER));
         client.flush();
-        ext4.fed_count() > 0
+        (ext4.fed_count() > 0).then(|| t.elapsed())
     });
-    println!(
-        "  after registration: messages flow = {} (after {:?}), tombstone = {}",
-        ok,
-        t.elapsed(),
-        client.is_tombstone(LATECOMER)
+    r.check(
+        "cold start",
+        "registered: messages flow, never tombstone",
+        format!("flow after {:?}, tombstone {}", flowed, client.is_tombstone(LATECOMER)),
+        flowed.is_some() && !client.is_tombstone(LATECOMER),
     );
-
-    wait("accounting to settle", Duration::from_secs(10), || {
-        client.stats().balanced()
+    let balanced = progress.wait("accounting to settle", Duration::from_secs(10), || {
+        let s = client.stats();
+        s.balanced().then_some(s)
     });
-    let s: StatsSnapshot = client.stats();
-    println!();
-    println!(
-        "accounting: sent {} = delivered {} + refused {} + reported unreachable {} -> {}",
-        s.sent,
-        s.delivered,
-        s.refused,
-        s.reported_unreachable,
-        if s.balanced() {
-            "balanced"
-        } else {
-            "UNBALANCED (messages still queued)"
-        }
+    let s = client.stats();
+    r.check(
+        "accounting",
+        "sent = delivered + refused + reported unreachable",
+        format!("{} = {} + {} + {}", s.sent, s.delivered, s.refused, s.reported_unreachable),
+        balanced.is_some(),
     );
     client.stop();
+    r
 }

@@ -392,3 +392,51 @@ fn startup_asks_each_endpoint_for_members_once() {
     let _c = client(&pd);
     assert_eq!(pd.method_count(Method::GetMembers), 3);
 }
+
+#[test]
+fn joining_a_cluster_alloc_bootstrap_put_and_heartbeat() {
+    let pd = Server::single();
+    pd.set_bootstrapped(false);
+    let c = client(&pd);
+    // Ids before bootstrap, increasing.
+    let a = c.alloc_id().unwrap();
+    let b = c.alloc_id().unwrap();
+    assert!(a > 0 && b > a);
+    assert!(!c.is_cluster_bootstrapped().unwrap());
+    // Not bootstrapped: PutStore answers NOT_BOOTSTRAPPED.
+    let mut store = metapb::Store::default();
+    store.set_id(a);
+    store.set_address("127.0.0.1:20160".into());
+    assert!(matches!(
+        c.put_store(store.clone()),
+        Err(Error::ClusterNotBootstrapped(_))
+    ));
+    let mut region = metapb::Region::default();
+    region.set_id(b);
+    c.bootstrap_cluster(store.clone(), region.clone()).unwrap();
+    assert!(c.is_cluster_bootstrapped().unwrap());
+    // A second bootstrap (another store won the race) is typed.
+    assert!(matches!(
+        c.bootstrap_cluster(store.clone(), region),
+        Err(Error::ClusterBootstrapped(_))
+    ));
+    c.put_store(store).unwrap();
+    let mut stats = kvproto::pdpb::StoreStats::default();
+    stats.set_store_id(a);
+    stats.set_region_count(3);
+    c.store_heartbeat(stats.clone()).unwrap();
+    assert_eq!(pd.last_heartbeat(a).unwrap().get_region_count(), 3);
+    // Buried: heartbeat and PutStore say StoreTombstone.
+    pd.bury(a);
+    assert!(matches!(
+        c.store_heartbeat(stats),
+        Err(Error::StoreTombstone(_))
+    ));
+    let mut again = metapb::Store::default();
+    again.set_id(a);
+    again.set_address("127.0.0.1:20160".into());
+    assert!(matches!(c.put_store(again), Err(Error::StoreTombstone(_))));
+    // PD down: a transport error after the retries, not a hang.
+    pd.stop();
+    assert!(c.alloc_id().unwrap_err().is_transport());
+}
