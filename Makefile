@@ -56,6 +56,7 @@ mutants: setup
 clippy: setup
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --features failpoints --all-targets -- -D warnings
+	$(CARGO) clippy -p tikv-server -p server --features failpoints --all-targets -- -D warnings
 
 format:
 	$(CARGO) fmt --all

@@ -294,15 +294,24 @@ mod tests {
         bad(|c| c.addr = "http://127.0.0.1:1".into(), "addr");
         bad(|c| c.addr = "127.0.0.1:99999".into(), "addr");
         bad(|c| c.status_addr = ":20180".into(), "status-addr");
-        bad(|c| c.advertise_addr = "0.0.0.0:20160".into(), "advertise-addr");
+        bad(
+            |c| c.advertise_addr = "0.0.0.0:20160".into(),
+            "advertise-addr",
+        );
         bad(|c| c.advertise_addr = "[::]:20160".into(), "advertise-addr");
         bad(|c| c.advertise_addr = "10.0.0.1:0".into(), "advertise-addr");
-        bad(|c| {
-            c.labels.insert("zone".into(), "".into());
-        }, "labels");
-        bad(|c| {
-            c.labels.insert("-zone".into(), "a".into());
-        }, "labels");
+        bad(
+            |c| {
+                c.labels.insert("zone".into(), "".into());
+            },
+            "labels",
+        );
+        bad(
+            |c| {
+                c.labels.insert("-zone".into(), "a".into());
+            },
+            "labels",
+        );
         // An empty status address turns the status server off.
         let mut c = Config::default();
         c.status_addr.clear();

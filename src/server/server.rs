@@ -25,7 +25,9 @@ impl Server {
         })?;
         // gRPC binds with SO_REUSEPORT by default: a second store on the
         // same port would share it silently. Refuse instead.
-        let args = ChannelBuilder::new(env.clone()).reuse_port(false).build_args();
+        let args = ChannelBuilder::new(env.clone())
+            .reuse_port(false)
+            .build_args();
         let mut server = ServerBuilder::new(env)
             .channel_args(args)
             .register_service(kvproto::tikvpb::create_tikv(svc))

@@ -42,11 +42,19 @@ fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
 #[test]
 fn bad_config_values_and_keys_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    let bad = write(dir.path(), "bad.toml", "[server]\ngrpc-raft-conn-num = \"four\"\n");
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        "[server]\ngrpc-raft-conn-num = \"four\"\n",
+    );
     let f = run_to_exit(server(&["--config", &bad]), EXIT).unwrap();
     fails_with(&f, &["bad.toml", "grpc-raft-conn-num"]);
 
-    let invalid = write(dir.path(), "invalid.toml", "[raftstore]\nraft-heartbeat-ticks = 0\n");
+    let invalid = write(
+        dir.path(),
+        "invalid.toml",
+        "[raftstore]\nraft-heartbeat-ticks = 0\n",
+    );
     let f = run_to_exit(server(&["--config", &invalid]), EXIT).unwrap();
     fails_with(&f, &["raft-heartbeat-ticks"]);
 
@@ -77,7 +85,11 @@ fn config_check_fails_on_unknown_keys_which_a_start_only_warns_about() {
     let f = run_to_exit(server(&["--config", &unknown, "--config-check"]), EXIT).unwrap();
     fails_with(&f, &["server.grpc-concurrency", "rocksdb"]);
 
-    let good = write(dir.path(), "good.toml", "[server]\ngrpc-raft-conn-num = 2\n");
+    let good = write(
+        dir.path(),
+        "good.toml",
+        "[server]\ngrpc-raft-conn-num = 2\n",
+    );
     let f = run_to_exit(server(&["--config", &good, "--config-check"]), EXIT).unwrap();
     no_panic(&f);
     assert_eq!(f.code, Some(0), "{}", f.stderr);
@@ -89,7 +101,10 @@ fn config_check_fails_on_unknown_keys_which_a_start_only_warns_about() {
         .start_store_with("s1", &["--log-level", "info"])
         .unwrap();
     let log = std::fs::read_to_string(&lab.store(id).unwrap().log).unwrap();
-    assert!(!log.contains("unknown config key"), "lab config has no unknown key");
+    assert!(
+        !log.contains("unknown config key"),
+        "lab config has no unknown key"
+    );
     let mut cmd = server(&["--config", &unknown, "--pd", &lab.pd_endpoints]);
     let data = lab.data_dir("s3");
     let log3 = lab.dir().join("s3.log");
@@ -98,15 +113,21 @@ fn config_check_fails_on_unknown_keys_which_a_start_only_warns_about() {
         .arg(&data)
         .arg("--log-file")
         .arg(&log3);
-    let mut p = test_lab::process::LabProcess::spawn("s3", cmd, &lab.dir().join("s3.stderr")).unwrap();
+    let mut p =
+        test_lab::process::LabProcess::spawn("s3", cmd, &lab.dir().join("s3.stderr")).unwrap();
     let log = std::fs::read_to_string(&log3).unwrap();
     assert!(
-        log.contains("[WARN]") && log.contains("[key=server.grpc-concurrency]") && log.contains("[key=rocksdb]"),
+        log.contains("[WARN]")
+            && log.contains("[key=server.grpc-concurrency]")
+            && log.contains("[key=rocksdb]"),
         "{}",
         log
     );
     p.signal(true).unwrap();
-    assert!(p.wait_exit(EXIT).map(|s| s.success()).unwrap_or(false), "SIGINT exits 0");
+    assert!(
+        p.wait_exit(EXIT).map(|s| s.success()).unwrap_or(false),
+        "SIGINT exits 0"
+    );
 }
 
 #[test]
@@ -114,7 +135,11 @@ fn unreachable_pd_at_start_is_an_error_naming_it() {
     // Nothing listens on a port we just bound and released? Not reliable;
     // port 1 on loopback needs root to listen on and nothing does here.
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write(dir.path(), "fast.toml", "[pd]\nretry-interval = \"50ms\"\nretry-max-count = 3\nrequest-timeout = \"500ms\"\n");
+    let cfg = write(
+        dir.path(),
+        "fast.toml",
+        "[pd]\nretry-interval = \"50ms\"\nretry-max-count = 3\nrequest-timeout = \"500ms\"\n",
+    );
     let data = dir.path().join("data");
     let f = run_to_exit(
         server(&[
@@ -136,9 +161,13 @@ fn unreachable_pd_at_start_is_an_error_naming_it() {
 #[test]
 fn identity_is_persisted_and_reused_labels_reach_pd() {
     let mut lab = Lab::start("new").unwrap();
-    let id = lab.start_store_with("s1", &["--labels", "zone=lab,host=h1"]).unwrap();
+    let id = lab
+        .start_store_with("s1", &["--labels", "zone=lab,host=h1"])
+        .unwrap();
     // The first store bootstrapped the cluster; PD knows its meta.
-    let (code, body) = lab.pd_api("GET", &format!("/pd/api/v1/store/{}", id)).unwrap();
+    let (code, body) = lab
+        .pd_api("GET", &format!("/pd/api/v1/store/{}", id))
+        .unwrap();
     assert_eq!(code, 200, "{}", body);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let s = &v["store"];
@@ -147,7 +176,11 @@ fn identity_is_persisted_and_reused_labels_reach_pd() {
     assert!(s["version"].as_str().unwrap().contains("transport-only"));
     assert!(s["start_timestamp"].as_i64().unwrap() > 0);
     let labels = s["labels"].to_string();
-    assert!(labels.contains("\"zone\"") && labels.contains("\"lab\"") && labels.contains("\"h1\""), "{}", labels);
+    assert!(
+        labels.contains("\"zone\"") && labels.contains("\"lab\"") && labels.contains("\"h1\""),
+        "{}",
+        labels
+    );
     let ident = std::fs::read_to_string(lab.data_dir("s1").join("store_ident.json")).unwrap();
     assert!(ident.contains(&format!("\"store_id\":{}", id)), "{}", ident);
 
@@ -165,7 +198,11 @@ fn identity_is_persisted_and_reused_labels_reach_pd() {
     // SIGTERM: exit 0; restart: same id.
     let mut s = lab.stores.remove(&id).unwrap();
     s.process.signal(false).unwrap();
-    assert!(s.process.wait_exit(EXIT).map(|s| s.success()).unwrap_or(false));
+    assert!(s
+        .process
+        .wait_exit(EXIT)
+        .map(|s| s.success())
+        .unwrap_or(false));
     let again = lab.start_store("s1").unwrap();
     assert_eq!(again, id);
 }
@@ -176,11 +213,17 @@ fn a_buried_store_refuses_to_start() {
     let id = lab.start_store("s1").unwrap();
     lab.stores.get_mut(&id).unwrap().process.kill();
     let (code, _) = lab
-        .pd_api("POST", &format!("/pd/api/v1/store/{}/state?state=Tombstone", id))
+        .pd_api(
+            "POST",
+            &format!("/pd/api/v1/store/{}/state?state=Tombstone", id),
+        )
         .unwrap();
     assert_eq!(code, 200);
     let f = run_to_exit(lab.store_command("s1", &[]).unwrap(), EXIT).unwrap();
-    fails_with(&f, &[&format!("store {} is tombstone", id), "empty --data-dir"]);
+    fails_with(
+        &f,
+        &[&format!("store {} is tombstone", id), "empty --data-dir"],
+    );
 }
 
 #[test]
@@ -192,12 +235,22 @@ fn a_data_dir_of_another_cluster_is_refused() {
     assert!(s.process.wait_exit(EXIT).is_some());
 
     let lab = Lab::start("new").unwrap();
-    let mut cmd = server(&["--pd", &lab.pd_endpoints, "--addr", "127.0.0.1:0", "--status-addr", ""]);
+    let mut cmd = server(&[
+        "--pd",
+        &lab.pd_endpoints,
+        "--addr",
+        "127.0.0.1:0",
+        "--status-addr",
+        "",
+    ]);
     cmd.arg("--data-dir").arg(&s.data_dir);
     let f = run_to_exit(cmd, EXIT).unwrap();
     fails_with(
         &f,
-        &["cluster ID mismatch, local 42", s.data_dir.to_str().unwrap()],
+        &[
+            "cluster ID mismatch, local 42",
+            s.data_dir.to_str().unwrap(),
+        ],
     );
 }
 
@@ -218,7 +271,10 @@ fn test_pd_http_api_answers_as_pd() {
     let (code, _) = lab.pd_api("GET", "/pd/api/v1/store/abc").unwrap();
     assert_eq!(code, 400);
     let (code, body) = lab
-        .pd_api("POST", &format!("/pd/api/v1/store/{}/state?state=Sideways", id))
+        .pd_api(
+            "POST",
+            &format!("/pd/api/v1/store/{}/state?state=Sideways", id),
+        )
         .unwrap();
     assert_eq!(code, 400);
     assert!(body.contains("invalid state Sideways"), "{}", body);
@@ -228,22 +284,35 @@ fn test_pd_http_api_answers_as_pd() {
     assert_eq!(code, 500);
     // Forced delete buries at once; a Tombstone store answers 410 and is
     // listed only when asked for; remove-tombstone forgets it.
-    let (code, _) = lab.pd_api("DELETE", &format!("/pd/api/v1/store/{}?force=true", id)).unwrap();
+    let (code, _) = lab
+        .pd_api("DELETE", &format!("/pd/api/v1/store/{}?force=true", id))
+        .unwrap();
     assert_eq!(code, 200);
     assert_eq!(lab.pd_state(id).unwrap().as_deref(), Some("Tombstone"));
-    let (code, _) = lab.pd_api("DELETE", &format!("/pd/api/v1/store/{}", id)).unwrap();
+    let (code, _) = lab
+        .pd_api("DELETE", &format!("/pd/api/v1/store/{}", id))
+        .unwrap();
     assert_eq!(code, 410);
     let (_, body) = lab.pd_api("GET", "/pd/api/v1/stores").unwrap();
     assert!(body.contains("\"count\": 0"), "{}", body);
     let (_, body) = lab.pd_api("GET", "/pd/api/v1/stores?state=2").unwrap();
     assert!(body.contains("\"count\": 1"), "{}", body);
-    let (code, _) = lab.pd_api("DELETE", "/pd/api/v1/stores/remove-tombstone").unwrap();
+    let (code, _) = lab
+        .pd_api("DELETE", "/pd/api/v1/stores/remove-tombstone")
+        .unwrap();
     assert_eq!(code, 200);
     assert_eq!(lab.pd_state(id).unwrap(), None);
     // The counters name the methods per store.
     let c = lab.counters().unwrap();
     assert!(c["methods"]["PutStore"].as_u64().unwrap() >= 1, "{}", c);
-    assert!(c["per_store"]["StoreHeartbeat"][id.to_string()].as_u64().unwrap() >= 1, "{}", c);
+    assert!(
+        c["per_store"]["StoreHeartbeat"][id.to_string()]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{}",
+        c
+    );
 
     // test-pd's own bad input.
     let mut c = Command::new(bin("test-pd").unwrap());
@@ -277,7 +346,9 @@ fn status_server_paths() {
         assert!(m.contains(name), "/metrics lacks {}:\n{}", name, m);
     }
     let status = &lab.store(id).unwrap().status;
-    let req = |m: &str, p: &str| test_lab::http::request(m, &format!("http://{}{}", status, p), "").unwrap();
+    let req = |m: &str, p: &str| {
+        test_lab::http::request(m, &format!("http://{}{}", status, p), "").unwrap()
+    };
     assert_eq!(req("GET", "/nothing").0, 404);
     assert_eq!(req("POST", "/metrics").0, 405);
     assert_eq!(req("PUT", "/debug/synthetic/peer_store/0").0, 400);

@@ -10,7 +10,11 @@ use test_lab::Progress;
 fn walk(flavor: &str) {
     let report = removed_store_walk(flavor, Progress::off()).unwrap_or_else(|e| panic!("{}", e));
     println!("{}", report.table());
-    assert!(report.passed(), "failed expectations:\n{}", report.failures());
+    assert!(
+        report.passed(),
+        "failed expectations:\n{}",
+        report.failures()
+    );
 }
 
 #[test]
@@ -27,7 +31,10 @@ fn removed_store_across_processes_old_pd() {
 /// scripts, in both modes.
 #[test]
 fn drill_reports_json_and_exit_status() {
-    for args in [&["--json", "--pd", "old"][..], &["--json", "--processes"][..]] {
+    for args in [
+        &["--json", "--pd", "old"][..],
+        &["--json", "--processes"][..],
+    ] {
         let mut cmd = std::process::Command::new(test_lab::process::bin("tikv-drill").unwrap());
         cmd.args(args);
         let f = test_lab::process::run_to_exit(cmd, std::time::Duration::from_secs(60)).unwrap();

@@ -115,60 +115,68 @@ fn query(req: &Request<Body>) -> Vec<(String, String)> {
         .collect()
 }
 
-fn parse_id(s: &str) -> Result<u64, Response<Body>> {
-    s.parse::<u64>().map_err(|e| {
-        reply(
-            StatusCode::BAD_REQUEST,
-            &json!(format!("[PD:apiutil:ErrInvalidInput]invalid store id {:?}: {}", s, e)),
-        )
-    })
+fn bad_id(s: &str) -> Response<Body> {
+    reply(
+        StatusCode::BAD_REQUEST,
+        &json!(format!(
+            "[PD:apiutil:ErrInvalidInput]invalid store id {:?}",
+            s
+        )),
+    )
 }
 
 /// Answers one request.
 pub async fn route(pd: Arc<PdServer>, req: Request<Body>) -> Response<Body> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-    let r = match (req.method(), parts.as_slice()) {
+    let id = |s: &str| s.parse::<u64>().ok();
+    match (req.method(), parts.as_slice()) {
         (&Method::GET, ["pd", "api", "v1", "stores"]) => list_stores(&pd, &req),
         (&Method::DELETE, ["pd", "api", "v1", "stores", "remove-tombstone"]) => {
             pd.remove_all_tombstones();
-            Ok(ok(json!("Remove tombstone successfully.")))
+            ok(json!("Remove tombstone successfully."))
         }
-        (&Method::GET, ["pd", "api", "v1", "store", id]) => parse_id(id).map(|id| {
-            match pd.get_store(id) {
-                Some(s) => ok(store_info(&pd, &s)),
+        (&Method::GET, ["pd", "api", "v1", "store", s]) => match id(s) {
+            None => bad_id(s),
+            Some(id) => match pd.get_store(id) {
+                Some(st) => ok(store_info(&pd, &st)),
                 None => not_found_store(id),
-            }
-        }),
-        (&Method::DELETE, ["pd", "api", "v1", "store", id]) => {
-            parse_id(id).map(|id| delete_store(&pd, id, &req))
-        }
-        (&Method::POST, ["pd", "api", "v1", "store", id, "state"]) => {
-            parse_id(id).map(|id| set_state(&pd, id, &req))
-        }
-        (&Method::GET, ["pd", "api", "v1", "members"]) => Ok(members(&pd)),
-        (&Method::GET, ["test-pd", "api", "v1", "counters"]) => Ok(counters(&pd)),
-        _ => Ok(reply(
+            },
+        },
+        (&Method::DELETE, ["pd", "api", "v1", "store", s]) => match id(s) {
+            None => bad_id(s),
+            Some(id) => delete_store(&pd, id, &req),
+        },
+        (&Method::POST, ["pd", "api", "v1", "store", s, "state"]) => match id(s) {
+            None => bad_id(s),
+            Some(id) => set_state(&pd, id, &req),
+        },
+        (&Method::GET, ["pd", "api", "v1", "members"]) => members(&pd),
+        (&Method::GET, ["test-pd", "api", "v1", "counters"]) => counters(&pd),
+        _ => reply(
             StatusCode::NOT_FOUND,
             &json!(format!("404 page not found: {} {}", req.method(), path)),
-        )),
-    };
-    r.unwrap_or_else(|e| e)
+        ),
+    }
 }
 
-fn list_stores(pd: &PdServer, req: &Request<Body>) -> Result<Response<Body>, Response<Body>> {
+fn list_stores(pd: &PdServer, req: &Request<Body>) -> Response<Body> {
     let mut accept = vec![];
     for (k, v) in query(req) {
         if k != "state" {
             continue;
         }
-        match v.parse::<i32>().ok().and_then(<StoreState as ProtobufEnum>::from_i32) {
+        match v
+            .parse::<i32>()
+            .ok()
+            .and_then(<StoreState as ProtobufEnum>::from_i32)
+        {
             Some(s) => accept.push(s),
             None => {
-                return Err(reply(
+                return reply(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     &json!(format!("unknown StoreState: {}", v)),
-                ))
+                )
             }
         }
     }
@@ -181,7 +189,7 @@ fn list_stores(pd: &PdServer, req: &Request<Body>) -> Result<Response<Body>, Res
         .filter(|s| accept.contains(&s.get_state()))
         .map(|s| store_info(pd, s))
         .collect();
-    Ok(ok(json!({"count": stores.len(), "stores": stores})))
+    ok(json!({"count": stores.len(), "stores": stores}))
 }
 
 fn delete_store(pd: &PdServer, id: u64, req: &Request<Body>) -> Response<Body> {
@@ -191,12 +199,13 @@ fn delete_store(pd: &PdServer, id: u64, req: &Request<Body>) -> Response<Body> {
     if s.get_state() == StoreState::Tombstone {
         return reply(
             StatusCode::GONE,
-            &json!(format!("[PD:core:ErrStoreRemoved]store {} has been removed", id)),
+            &json!(format!(
+                "[PD:core:ErrStoreRemoved]store {} has been removed",
+                id
+            )),
         );
     }
-    let force = query(req)
-        .iter()
-        .any(|(k, v)| k == "force" && v != "false");
+    let force = query(req).iter().any(|(k, v)| k == "force" && v != "false");
     let empty = pd
         .last_heartbeat(id)
         .map(|h| h.get_region_count() == 0)
@@ -233,7 +242,10 @@ fn set_state(pd: &PdServer, id: u64, req: &Request<Body>) -> Response<Body> {
         None => not_found_store(id),
         Some(s) if s.get_state() == StoreState::Tombstone => reply(
             StatusCode::GONE,
-            &json!(format!("[PD:core:ErrStoreRemoved]store {} has been removed", id)),
+            &json!(format!(
+                "[PD:core:ErrStoreRemoved]store {} has been removed",
+                id
+            )),
         ),
         Some(_) => {
             pd.set_store_state(id, state);
@@ -253,7 +265,9 @@ fn members(pd: &PdServer) -> Response<Body> {
         })
         .collect();
     let leader = ms.get(pd.leader()).cloned().unwrap_or(Value::Null);
-    ok(json!({"header": {"cluster_id": pd.cluster_id()}, "members": ms, "leader": leader, "etcd_leader": leader}))
+    ok(
+        json!({"header": {"cluster_id": pd.cluster_id()}, "members": ms, "leader": leader, "etcd_leader": leader}),
+    )
 }
 
 fn counters(pd: &PdServer) -> Response<Body> {

@@ -29,10 +29,18 @@ enum Flavor {
 #[command(name = "test-pd", version)]
 struct Cli {
     /// gRPC address of the first member (the leader); port 0 picks one
-    #[arg(long = "addr", default_value = "127.0.0.1:2379", value_name = "IP:PORT")]
+    #[arg(
+        long = "addr",
+        default_value = "127.0.0.1:2379",
+        value_name = "IP:PORT"
+    )]
     addr: String,
     /// HTTP API address; port 0 picks one
-    #[arg(long = "http-addr", default_value = "127.0.0.1:0", value_name = "IP:PORT")]
+    #[arg(
+        long = "http-addr",
+        default_value = "127.0.0.1:0",
+        value_name = "IP:PORT"
+    )]
     http_addr: String,
     /// How PD answers GetStore for an id it does not know
     #[arg(long = "flavor", value_enum, default_value = "new")]

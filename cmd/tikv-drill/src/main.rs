@@ -1,7 +1,7 @@
 //! `tikv-drill`: walks a store through decommission and removal and checks,
 //! at each step, what PD answers, what the resolver concludes and what the
-//! raft client does, plus a cold-start case. In-process by default (test_pd
-//! + three raft services + store 1's raft client); `--processes` walks the
+//! raft client does, plus a cold-start case. In-process by default (test_pd,
+//! three raft services and store 1's raft client); `--processes` walks the
 //! same scenario on real `test-pd` and `tikv-server` processes. Prints one
 //! report (a table, or JSON with `--json`) and exits 1 when an expectation
 //! failed.
@@ -124,7 +124,10 @@ fn main() {
         in_process(&args, flavor, progress)
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
     } else {
         println!();
         print!("{}", report.table());
@@ -168,8 +171,13 @@ fn in_process(args: &Args, flavor: &str, progress: Progress) -> Report {
         not_found_ttl: cfg.store_not_found_cache_ttl.0,
         refresh_interval: Duration::ZERO,
     };
-    let resolver =
-        resolve::new_resolver_with(pd_client.clone(), &worker, router.clone(), rcfg, log.clone());
+    let resolver = resolve::new_resolver_with(
+        pd_client.clone(),
+        &worker,
+        router.clone(),
+        rcfg,
+        log.clone(),
+    );
     let mut client = RaftClient::new(
         1,
         ConnectionBuilder::new(env, cfg, resolver.clone(), router.clone()).logger(log),
@@ -203,18 +211,27 @@ fn in_process(args: &Args, flavor: &str, progress: Progress) -> Report {
             Ok(()) => {
                 let done = progress.wait("delivery or report", Duration::from_secs(10), || {
                     let s = client.stats();
-                    (s.delivered > before.delivered || s.reported_unreachable > before.reported_unreachable)
+                    (s.delivered > before.delivered
+                        || s.reported_unreachable > before.reported_unreachable)
                         .then_some(s)
                 });
                 match done {
                     None => "pending".to_owned(),
                     Some(s) if s.delivered > before.delivered => {
-                        let fed = progress.wait("the store to receive it", Duration::from_secs(5), || {
-                            (victim_ext.fed_count() > before_fed).then_some(())
-                        });
-                        if fed.is_some() { "delivered".into() } else { "written, not received".into() }
+                        let fed = progress.wait(
+                            "the store to receive it",
+                            Duration::from_secs(5),
+                            || (victim_ext.fed_count() > before_fed).then_some(()),
+                        );
+                        if fed.is_some() {
+                            "delivered".into()
+                        } else {
+                            "written, not received".into()
+                        }
                     }
-                    Some(_) if client.is_tombstone(VICTIM) => "reported; tombstone, stopped".to_owned(),
+                    Some(_) if client.is_tombstone(VICTIM) => {
+                        "reported; tombstone, stopped".to_owned()
+                    }
                     Some(_) => match client.not_found_episode(VICTIM) {
                         Some((n, b)) => format!("reported; not-found try {}, next {:?}", n, b),
                         None => "reported unreachable".to_owned(),
@@ -223,7 +240,13 @@ fn in_process(args: &Args, flavor: &str, progress: Progress) -> Report {
             }
         };
         (
-            format!("PD {} | resolve {} | {} | GetStore calls {}", answer, verdict, action, pd.get_store_count(VICTIM)),
+            format!(
+                "PD {} | resolve {} | {} | GetStore calls {}",
+                answer,
+                verdict,
+                action,
+                pd.get_store_count(VICTIM)
+            ),
             action,
         )
     };
@@ -232,7 +255,12 @@ fn in_process(args: &Args, flavor: &str, progress: Progress) -> Report {
     r.check("Up", "delivered", obs, action == "delivered");
     pd.set_offline(VICTIM);
     let (obs, action) = step(&mut client, &pd);
-    r.check("Offline", "delivered (an Offline store still serves)", obs, action == "delivered");
+    r.check(
+        "Offline",
+        "delivered (an Offline store still serves)",
+        obs,
+        action == "delivered",
+    );
     // Every region has left the store: PD buries it and its process exits.
     nodes[2].2.stop();
     pd.bury(VICTIM);
@@ -245,7 +273,9 @@ fn in_process(args: &Args, flavor: &str, progress: Progress) -> Report {
         action.starts_with("reported"),
     );
     let stopped = progress
-        .wait("tombstone verdict", Duration::from_secs(10), || client.is_tombstone(VICTIM).then_some(()))
+        .wait("tombstone verdict", Duration::from_secs(10), || {
+            client.is_tombstone(VICTIM).then_some(())
+        })
         .is_some();
     r.check(
         "Tombstone (stopped)",
@@ -254,7 +284,12 @@ fn in_process(args: &Args, flavor: &str, progress: Progress) -> Report {
             "verdict {} after {:?}, connections to it {}",
             stopped,
             t.elapsed(),
-            client.pool_view().connections.get(&VICTIM).copied().unwrap_or(0)
+            client
+                .pool_view()
+                .connections
+                .get(&VICTIM)
+                .copied()
+                .unwrap_or(0)
         ),
         stopped && !client.pool_view().connections.contains_key(&VICTIM),
     );
@@ -277,7 +312,11 @@ fn in_process(args: &Args, flavor: &str, progress: Progress) -> Report {
     r.check(
         "after the verdict",
         "100 more sends refused, 0 GetStore calls",
-        format!("refused {}, GetStore calls {}", client.stats().refused - refused, pd.get_store_count(VICTIM) - calls),
+        format!(
+            "refused {}, GetStore calls {}",
+            client.stats().refused - refused,
+            pd.get_store_count(VICTIM) - calls
+        ),
         client.stats().refused - refused == 100 && pd.get_store_count(VICTIM) == calls,
     );
 
@@ -297,20 +336,32 @@ fn in_process(args: &Args, flavor: &str, progress: Progress) -> Report {
     r.check(
         "cold start",
         "unregistered store: not-found episode, not tombstone",
-        format!("episode {:?}, tombstone {}", episode, client.is_tombstone(LATECOMER)),
+        format!(
+            "episode {:?}, tombstone {}",
+            episode,
+            client.is_tombstone(LATECOMER)
+        ),
         episode.is_some() && !client.is_tombstone(LATECOMER),
     );
     pd.add_store(LATECOMER, server4.addr());
     let t = Instant::now();
-    let flowed = progress.wait("messages to the registered store", Duration::from_secs(15), || {
-        let _ = client.send(msg(2, LATECOMER));
-        client.flush();
-        (ext4.fed_count() > 0).then(|| t.elapsed())
-    });
+    let flowed = progress.wait(
+        "messages to the registered store",
+        Duration::from_secs(15),
+        || {
+            let _ = client.send(msg(2, LATECOMER));
+            client.flush();
+            (ext4.fed_count() > 0).then(|| t.elapsed())
+        },
+    );
     r.check(
         "cold start",
         "registered: messages flow, never tombstone",
-        format!("flow after {:?}, tombstone {}", flowed, client.is_tombstone(LATECOMER)),
+        format!(
+            "flow after {:?}, tombstone {}",
+            flowed,
+            client.is_tombstone(LATECOMER)
+        ),
         flowed.is_some() && !client.is_tombstone(LATECOMER),
     );
     let balanced = progress.wait("accounting to settle", Duration::from_secs(10), || {
@@ -321,7 +372,10 @@ fn in_process(args: &Args, flavor: &str, progress: Progress) -> Report {
     r.check(
         "accounting",
         "sent = delivered + refused + reported unreachable",
-        format!("{} = {} + {} + {}", s.sent, s.delivered, s.refused, s.reported_unreachable),
+        format!(
+            "{} = {} + {} + {}",
+            s.sent, s.delivered, s.refused, s.reported_unreachable
+        ),
         balanced.is_some(),
     );
     client.stop();

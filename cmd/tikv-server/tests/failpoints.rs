@@ -24,18 +24,33 @@ fn failpoint_endpoints_and_env() {
     // Read from FAILPOINTS at start.
     let (code, list) = request("GET", &base, "").unwrap();
     assert_eq!(code, 200);
-    assert!(list.contains("raft_client_before_take_batch=sleep(1)"), "{}", list);
+    assert!(
+        list.contains("raft_client_before_take_batch=sleep(1)"),
+        "{}",
+        list
+    );
 
     let name = format!("{}/pd_client_get_store", base);
     let (code, body) = request("PUT", &name, "return(timeout)").unwrap();
     assert_eq!(code, 200, "{}", body);
-    assert!(body.contains("Added fail point with name: pd_client_get_store"), "{}", body);
+    assert!(
+        body.contains("Added fail point with name: pd_client_get_store"),
+        "{}",
+        body
+    );
     let (_, list) = request("GET", &base, "").unwrap();
-    assert!(list.contains("pd_client_get_store=return(timeout)"), "{}", list);
+    assert!(
+        list.contains("pd_client_get_store=return(timeout)"),
+        "{}",
+        list
+    );
 
     // Bad input: no actions, no name, an action fail cannot parse.
     assert_eq!(request("PUT", &name, "").unwrap().0, 422);
-    assert_eq!(request("PUT", &format!("{}/", base), "return").unwrap().0, 422);
+    assert_eq!(
+        request("PUT", &format!("{}/", base), "return").unwrap().0,
+        422
+    );
     assert_eq!(request("PUT", &name, "bogus(").unwrap().0, 400);
     assert_eq!(request("POST", &name, "return").unwrap().0, 405);
 

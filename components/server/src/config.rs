@@ -127,8 +127,9 @@ impl TikvConfig {
 
     /// Reads and parses the file at `path`.
     pub fn from_file(path: &Path) -> Result<(TikvConfig, Vec<String>), ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("cannot read config file {}: {}", path.display(), e)))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(format!("cannot read config file {}: {}", path.display(), e))
+        })?;
         TikvConfig::from_toml(&text)
             .map_err(|e| ConfigError(format!("invalid config file {}: {}", path.display(), e)))
     }
@@ -224,7 +225,10 @@ mod tests {
         assert_eq!(c.server.labels["zone"], "lab");
         assert_eq!(c.storage.data_dir, "/tmp/s1");
         assert_eq!(c.pd.endpoints.len(), 2);
-        assert_eq!(c.raftstore.raft_base_tick_interval, ReadableDuration::millis(100));
+        assert_eq!(
+            c.raftstore.raft_base_tick_interval,
+            ReadableDuration::millis(100)
+        );
         assert_eq!(c.raftstore.synthetic_regions, 4);
         // Unset keys keep their defaults.
         assert_eq!(c.raftstore.raft_heartbeat_ticks, 2);
@@ -269,12 +273,18 @@ mod tests {
             |c| c.raftstore.raft_base_tick_interval = ReadableDuration::millis(0),
             "raft-base-tick-interval",
         );
-        check(|c| c.raftstore.raft_heartbeat_ticks = 0, "raft-heartbeat-ticks");
+        check(
+            |c| c.raftstore.raft_heartbeat_ticks = 0,
+            "raft-heartbeat-ticks",
+        );
         check(
             |c| c.raftstore.synthetic_regions = MAX_SYNTHETIC_REGIONS + 1,
             "synthetic-regions",
         );
-        check(|c| c.raftstore.synthetic_max_replicas = 0, "synthetic-max-replicas");
+        check(
+            |c| c.raftstore.synthetic_max_replicas = 0,
+            "synthetic-max-replicas",
+        );
     }
 
     #[test]

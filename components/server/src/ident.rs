@@ -122,7 +122,11 @@ mod tests {
         fs::write(dir.path().join(IDENT_FILE), "{\"cluster_id\": 1").unwrap();
         let e = StoreIdent::load(dir.path()).unwrap_err();
         assert!(e.contains(IDENT_FILE) && e.contains("corrupt"), "{}", e);
-        fs::write(dir.path().join(IDENT_FILE), "{\"cluster_id\":1,\"store_id\":0}").unwrap();
+        fs::write(
+            dir.path().join(IDENT_FILE),
+            "{\"cluster_id\":1,\"store_id\":0}",
+        )
+        .unwrap();
         let e = StoreIdent::load(dir.path()).unwrap_err();
         assert!(e.contains("non-zero"), "{}", e);
     }

@@ -126,7 +126,9 @@ impl TikvServer {
         );
         let alive = Mutex::new(client.clone());
         let svc = Service::new(store_id, router.clone())
-            .with_store_alive_hook(Arc::new(move |s| alive.lock().unwrap().notify_store_alive(s)))
+            .with_store_alive_hook(Arc::new(move |s| {
+                alive.lock().unwrap().notify_store_alive(s)
+            }))
             .with_logger(logger.clone());
         let raft_server = Server::start(env, &cfg.server.addr, svc)
             .map_err(|e| format!("cannot bind server.addr {}: {}", cfg.server.addr, e))?;
@@ -201,7 +203,16 @@ impl TikvServer {
         let hb = std::thread::Builder::new()
             .name("pd-heartbeat".to_owned())
             .spawn(move || {
-                heartbeat_loop(&*pd2, store_id, start_ts, interval, &tr2, &heartbeats, hb_rx, &log2)
+                heartbeat_loop(
+                    &*pd2,
+                    store_id,
+                    start_ts,
+                    interval,
+                    &tr2,
+                    &heartbeats,
+                    hb_rx,
+                    &log2,
+                )
             })
             .map_err(|e| format!("cannot start the heartbeat thread: {}", e))?;
         Ok(TikvServer {

@@ -118,7 +118,10 @@ async fn fail_points(req: Request<Body>) -> Response<Body> {
                 return text(StatusCode::UNPROCESSABLE_ENTITY, "Missing param name");
             }
             fail::remove(&name);
-            text(StatusCode::OK, format!("Deleted fail point with name: {}", name))
+            text(
+                StatusCode::OK,
+                format!("Deleted fail point with name: {}", name),
+            )
         }
         Method::GET if path == "/fail" || path == "/fail/" => {
             let list: Vec<String> = fail::list()

@@ -272,7 +272,7 @@ impl Traffic {
                     if now >= next_tick {
                         next_tick = now + tick;
                         ticks += 1;
-                        if ticks % hb_every == 0 {
+                        if ticks.is_multiple_of(hb_every) {
                             let targets: Vec<(u64, u64)> = {
                                 let r = rg.lock().unwrap();
                                 r.peers
@@ -398,7 +398,10 @@ mod tests {
         router.feed(heartbeat(1, 2, 1, MessageType::MsgHeartbeat));
         router.feed(heartbeat(1, 2, 1, MessageType::MsgHeartbeatResponse));
         let answer = inbox.try_recv().unwrap();
-        assert_eq!(answer.get_message().get_msg_type(), MessageType::MsgHeartbeatResponse);
+        assert_eq!(
+            answer.get_message().get_msg_type(),
+            MessageType::MsgHeartbeatResponse
+        );
         assert_eq!(answer.get_to_peer().get_store_id(), 2);
         assert_eq!(answer.get_to_peer().get_id(), peer_id(1, 2));
         assert!(inbox.try_recv().is_err(), "responses are not answered");

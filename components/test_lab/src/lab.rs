@@ -169,7 +169,10 @@ impl Lab {
 
     /// Store `id`'s raft client view (`/debug/raft_client`).
     pub fn raft_client(&self, id: u64) -> Result<Value, String> {
-        http::get_json(&format!("http://{}/debug/raft_client", self.store(id)?.status))
+        http::get_json(&format!(
+            "http://{}/debug/raft_client",
+            self.store(id)?.status
+        ))
     }
 
     /// Store `id`'s `/status`.
@@ -194,9 +197,11 @@ impl Lab {
 
     /// GetStore calls test-pd received for `store_id`.
     pub fn get_store_calls(&self, store_id: u64) -> Result<u64, String> {
-        Ok(self.counters()?["per_store"]["GetStore"][store_id.to_string()]
-            .as_u64()
-            .unwrap_or(0))
+        Ok(
+            self.counters()?["per_store"]["GetStore"][store_id.to_string()]
+                .as_u64()
+                .unwrap_or(0),
+        )
     }
 
     /// The store's `state_name` in PD, or `None` when PD answers 404.

@@ -89,14 +89,18 @@ impl LabProcess {
                     "{} exited before it was ready ({:?}): {}",
                     name,
                     status,
-                    std::fs::read_to_string(stderr_path).unwrap_or_default().trim()
+                    std::fs::read_to_string(stderr_path)
+                        .unwrap_or_default()
+                        .trim()
                 ))
             }
             Err(_) => Err(format!(
                 "{} was not ready within {:?}: {}",
                 name,
                 READY_TIMEOUT,
-                std::fs::read_to_string(stderr_path).unwrap_or_default().trim()
+                std::fs::read_to_string(stderr_path)
+                    .unwrap_or_default()
+                    .trim()
             )),
         }
     }
@@ -125,7 +129,9 @@ impl LabProcess {
 
     /// Sends SIGTERM (SIGINT when `int`).
     pub fn signal(&self, int: bool) -> Result<(), String> {
-        let pid = self.pid().ok_or_else(|| format!("{} is not running", self.name))?;
+        let pid = self
+            .pid()
+            .ok_or_else(|| format!("{} is not running", self.name))?;
         let sig = if int { "-INT" } else { "-TERM" };
         let st = Command::new("kill")
             .args([sig, &pid.to_string()])

@@ -41,7 +41,13 @@ impl Report {
     }
 
     /// Records an expectation; returns `ok`.
-    pub fn check(&mut self, step: &str, expect: &str, observed: impl Into<String>, ok: bool) -> bool {
+    pub fn check(
+        &mut self,
+        step: &str,
+        expect: &str,
+        observed: impl Into<String>,
+        ok: bool,
+    ) -> bool {
         self.steps.push(Step {
             step: step.to_owned(),
             expect: expect.to_owned(),
@@ -69,9 +75,18 @@ impl Report {
     /// A fixed-width table.
     pub fn table(&self) -> String {
         let w = |f: fn(&Step) -> &str, min: usize| {
-            self.steps.iter().map(|s| f(s).len()).max().unwrap_or(0).max(min)
+            self.steps
+                .iter()
+                .map(|s| f(s).len())
+                .max()
+                .unwrap_or(0)
+                .max(min)
         };
-        let (a, b, c) = (w(|s| &s.step, 4), w(|s| &s.expect, 6), w(|s| &s.observed, 8));
+        let (a, b, c) = (
+            w(|s| &s.step, 4),
+            w(|s| &s.expect, 6),
+            w(|s| &s.observed, 8),
+        );
         let mut out = format!(
             "{:<a$} | {:<b$} | {:<c$} | ok\n{}\n",
             "step",
@@ -123,7 +138,12 @@ impl Progress {
     pub fn update(&self, what: &str, waited: Duration) {
         if self.on {
             let mut e = std::io::stderr();
-            let _ = write!(e, "\r\x1b[2K  waiting: {} ({:.1}s)", what, waited.as_secs_f64());
+            let _ = write!(
+                e,
+                "\r\x1b[2K  waiting: {} ({:.1}s)",
+                what,
+                waited.as_secs_f64()
+            );
             let _ = e.flush();
         }
     }
@@ -137,7 +157,12 @@ impl Progress {
 
     /// Polls `f` until it returns `Some`, or `timeout` passes; the line
     /// shows `what` meanwhile.
-    pub fn wait<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    pub fn wait<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut() -> Option<T>,
+    ) -> Option<T> {
         let start = Instant::now();
         let r = loop {
             if let Some(v) = f() {
@@ -176,7 +201,16 @@ mod tests {
     fn wait_returns_what_f_found_or_none_at_the_deadline() {
         let p = Progress::off();
         let mut n = 0;
-        assert_eq!(p.wait("n", Duration::from_secs(5), || { n += 1; (n == 3).then_some(n) }), Some(3));
-        assert_eq!(p.wait("never", Duration::from_millis(30), || None::<()>), None);
+        assert_eq!(
+            p.wait("n", Duration::from_secs(5), || {
+                n += 1;
+                (n == 3).then_some(n)
+            }),
+            Some(3)
+        );
+        assert_eq!(
+            p.wait("never", Duration::from_millis(30), || None::<()>),
+            None
+        );
     }
 }

@@ -87,7 +87,11 @@ pub fn removed_store_walk(flavor: &str, progress: Progress) -> Result<Report, St
         // (an empty store is buried at once when deleted).
         let all = [a, b, c].iter().all(|&me| {
             lab.raft_client(me)
-                .map(|v| [a, b, c].iter().all(|&o| o == me || received_from(&v, o) > 0))
+                .map(|v| {
+                    [a, b, c]
+                        .iter()
+                        .all(|&o| o == me || received_from(&v, o) > 0)
+                })
                 .unwrap_or(false)
                 && lab.pd_region_count(me).unwrap_or(0) > 0
         });
@@ -96,7 +100,17 @@ pub fn removed_store_walk(flavor: &str, progress: Progress) -> Result<Report, St
     r.check(
         "start",
         "test-pd + 3 tikv-servers, heartbeats between every pair, regions reported to PD",
-        format!("stores {}, {}, {}: {}", a, b, c, if flowing.is_some() { format!("flowing after {}", ms(t.elapsed())) } else { "not flowing".into() }),
+        format!(
+            "stores {}, {}, {}: {}",
+            a,
+            b,
+            c,
+            if flowing.is_some() {
+                format!("flowing after {}", ms(t.elapsed()))
+            } else {
+                "not flowing".into()
+            }
+        ),
         flowing.is_some(),
     );
     if flowing.is_none() {
@@ -116,7 +130,10 @@ pub fn removed_store_walk(flavor: &str, progress: Progress) -> Result<Report, St
         format!("{} {}, state {:?}", code, body.trim(), state),
         code == 200 && state.as_deref() == Some("Offline"),
     );
-    let (code, _) = lab.pd_api("POST", &format!("/pd/api/v1/store/{}/state?state=Tombstone", c))?;
+    let (code, _) = lab.pd_api(
+        "POST",
+        &format!("/pd/api/v1/store/{}/state?state=Tombstone", c),
+    )?;
     let state = lab.pd_state(c)?;
     r.check(
         "tombstone",
@@ -135,7 +152,9 @@ pub fn removed_store_walk(flavor: &str, progress: Progress) -> Result<Report, St
     r.check(
         "tombstone verdict",
         "both stores put the store in their tombstone set",
-        verdict.map(|d| format!("after {} from SIGKILL", ms(d))).unwrap_or_else(|| "not reached".into()),
+        verdict
+            .map(|d| format!("after {} from SIGKILL", ms(d)))
+            .unwrap_or_else(|| "not reached".into()),
         verdict.is_some(),
     );
 
@@ -165,7 +184,10 @@ pub fn removed_store_walk(flavor: &str, progress: Progress) -> Result<Report, St
     let calls = calls_at_verdict - calls_at_kill;
     r.check(
         "PD load",
-        &format!("GetStore calls since SIGKILL within the backoff schedule (<= {})", bound),
+        &format!(
+            "GetStore calls since SIGKILL within the backoff schedule (<= {})",
+            bound
+        ),
         format!("{} calls in {}", calls, ms(since_kill)),
         calls <= bound,
     );
@@ -216,7 +238,11 @@ pub fn removed_store_walk(flavor: &str, progress: Progress) -> Result<Report, St
             balanced
                 .as_ref()
                 .map(|v| v["stats"].to_string())
-                .unwrap_or_else(|| lab.raft_client(s).map(|v| v["stats"].to_string()).unwrap_or_default()),
+                .unwrap_or_else(|| {
+                    lab.raft_client(s)
+                        .map(|v| v["stats"].to_string())
+                        .unwrap_or_default()
+                }),
             balanced.is_some(),
         );
     }
@@ -237,22 +263,39 @@ pub fn removed_store_walk(flavor: &str, progress: Progress) -> Result<Report, St
     .map_err(|e| format!("PD client: {}", e))?;
     let d = pd.alloc_id().map_err(|e| format!("alloc id: {}", e))?;
     for s in [a, b] {
-        let url = format!("http://{}/debug/synthetic/peer_store/{}", lab.store(s)?.status, d);
+        let url = format!(
+            "http://{}/debug/synthetic/peer_store/{}",
+            lab.store(s)?.status,
+            d
+        );
         crate::http::request("PUT", &url, "")?;
     }
-    let episode = progress.wait("a not-found episode for the unregistered store", WAIT, || {
-        let both = [a, b]
-            .iter()
-            .all(|&s| lab.raft_client(s).map(|v| in_not_found(&v, d)).unwrap_or(false));
-        both.then_some(())
+    let episode = progress.wait(
+        "a not-found episode for the unregistered store",
+        WAIT,
+        || {
+            let both = [a, b].iter().all(|&s| {
+                lab.raft_client(s)
+                    .map(|v| in_not_found(&v, d))
+                    .unwrap_or(false)
+            });
+            both.then_some(())
+        },
+    );
+    let tomb = [a, b].iter().any(|&s| {
+        lab.raft_client(s)
+            .map(|v| ids(&v["pool"]["tombstones"]).contains(&d))
+            .unwrap_or(true)
     });
-    let tomb = [a, b]
-        .iter()
-        .any(|&s| lab.raft_client(s).map(|v| ids(&v["pool"]["tombstones"]).contains(&d)).unwrap_or(true));
     r.check(
         "cold start",
         "peers on an unregistered store: not-found episode, not tombstone",
-        format!("store {}: episode {}, tombstone {}", d, episode.is_some(), tomb),
+        format!(
+            "store {}: episode {}, tombstone {}",
+            d,
+            episode.is_some(),
+            tomb
+        ),
         episode.is_some() && !tomb,
     );
     let dir = lab.data_dir("store-d");
@@ -268,17 +311,23 @@ pub fn removed_store_walk(flavor: &str, progress: Progress) -> Result<Report, St
         let v = lab.raft_client(d).ok()?;
         (received_from(&v, a) > 0 && received_from(&v, b) > 0).then(|| registered.elapsed())
     });
-    let tomb = [a, b]
-        .iter()
-        .any(|&s| lab.raft_client(s).map(|v| ids(&v["pool"]["tombstones"]).contains(&d)).unwrap_or(true));
+    let tomb = [a, b].iter().any(|&s| {
+        lab.raft_client(s)
+            .map(|v| ids(&v["pool"]["tombstones"]).contains(&d))
+            .unwrap_or(true)
+    });
     r.check(
         "cold start",
-        &format!("registered store gets traffic within {}, never blacklisted", ms(FOLLOW_BOUND)),
+        &format!(
+            "registered store gets traffic within {}, never blacklisted",
+            ms(FOLLOW_BOUND)
+        ),
         format!(
             "store {} (id {}): {}, tombstone {}",
             started,
             d,
-            got.map(|t| format!("traffic after {}", ms(t))).unwrap_or_else(|| "no traffic".into()),
+            got.map(|t| format!("traffic after {}", ms(t)))
+                .unwrap_or_else(|| "no traffic".into()),
             tomb
         ),
         started == d && got.is_some() && !tomb,
@@ -289,11 +338,26 @@ pub fn removed_store_walk(flavor: &str, progress: Progress) -> Result<Report, St
     old.process.signal(false)?;
     let status = old.process.wait_exit(EXIT_BOUND);
     let log = std::fs::read_to_string(&old.log).unwrap_or_default();
-    let stopped_line = log.lines().rev().find(|l| l.contains("tikv-server stopped")).unwrap_or("");
+    let stopped_line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("tikv-server stopped"))
+        .unwrap_or("");
     r.check(
         "SIGTERM",
-        &format!("exit 0 within {}, pending messages accounted", ms(EXIT_BOUND)),
-        format!("{:?}; {}", status.map(|s| s.code()), if stopped_line.contains("[balanced=true]") { "balanced" } else { "unbalanced or no stop line" }),
+        &format!(
+            "exit 0 within {}, pending messages accounted",
+            ms(EXIT_BOUND)
+        ),
+        format!(
+            "{:?}; {}",
+            status.map(|s| s.code()),
+            if stopped_line.contains("[balanced=true]") {
+                "balanced"
+            } else {
+                "unbalanced or no stop line"
+            }
+        ),
         status.map(|s| s.success()).unwrap_or(false) && stopped_line.contains("[balanced=true]"),
     );
     let b2 = lab.start_store("store-b")?;
@@ -312,7 +376,9 @@ pub fn removed_store_walk(flavor: &str, progress: Progress) -> Result<Report, St
             b2,
             old.addr,
             new_addr,
-            followed.map(|t| format!("traffic after {}", ms(t))).unwrap_or_else(|| "no traffic".into())
+            followed
+                .map(|t| format!("traffic after {}", ms(t)))
+                .unwrap_or_else(|| "no traffic".into())
         ),
         b2 == b && new_addr != old.addr && followed.is_some(),
     );

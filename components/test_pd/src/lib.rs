@@ -43,7 +43,9 @@ fn start_member(
 ) -> Result<(GrpcServer, u16), String> {
     let svc = PdService::new(idx, cluster.clone());
     // No SO_REUSEPORT: a second PD on a taken port must fail to bind.
-    let args = ChannelBuilder::new(env.clone()).reuse_port(false).build_args();
+    let args = ChannelBuilder::new(env.clone())
+        .reuse_port(false)
+        .build_args();
     let mut server = ServerBuilder::new(env.clone())
         .channel_args(args)
         .register_service(kvproto::pdpb::create_pd(svc))
