@@ -28,6 +28,8 @@ import tomllib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUITES = [
+    # The binaries tests/process spawns, from the mutated tree.
+    ["cargo", "build", "--workspace"],
     ["cargo", "test", "--workspace"],
     ["cargo", "test", "--features", "failpoints", "--test", "failpoints"],
 ]
