@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system tools the build needs when they are missing:
-# cmake (grpcio-sys builds gRPC's C core) and protoc (kvproto codegen).
+# cmake (grpcio-sys builds gRPC's C core), protoc (kvproto codegen), and
+# OpenSSL's headers with pkg-config (gRPC's TLS and the `openssl` crate link
+# the system OpenSSL; see README "TLS backend").
 set -euo pipefail
 
 missing=()
@@ -8,6 +10,10 @@ command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v make >/dev/null 2>&1 || missing+=(make)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+if ! { command -v pkg-config >/dev/null 2>&1 && pkg-config --exists openssl; }; then
+  missing+=(libssl-dev)
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
@@ -26,5 +32,5 @@ echo "setup: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq "${missing[@]}" >/dev/null
-command -v cmake >/dev/null && command -v protoc >/dev/null
-echo "setup: $(cmake --version | head -n1); $(protoc --version)"
+command -v cmake >/dev/null && command -v protoc >/dev/null && pkg-config --exists openssl
+echo "setup: $(cmake --version | head -n1); $(protoc --version); OpenSSL $(pkg-config --modversion openssl)"

@@ -51,6 +51,7 @@ use grpcio::{
 use kvproto::raft_serverpb::{Done, RaftMessage};
 use kvproto::tikvpb::{BatchRaftMessage, TikvClient};
 use protobuf::Message;
+use security::SecurityManager;
 use slog::{error, info, warn, Logger};
 
 use super::config::Config;
@@ -329,6 +330,7 @@ struct ConnectionPool {
 struct Shared<R, E> {
     cfg: Config,
     env: Arc<Environment>,
+    security: Arc<SecurityManager>,
     resolver: R,
     router: E,
     self_store_id: u64,
@@ -343,6 +345,7 @@ struct Shared<R, E> {
 /// Builds the connections of a [`RaftClient`].
 pub struct ConnectionBuilder<R, E> {
     env: Arc<Environment>,
+    security: Arc<SecurityManager>,
     cfg: Config,
     resolver: R,
     router: E,
@@ -354,6 +357,7 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> ConnectionBuilder<R, E> {
     /// `router` for reports. `cfg` should have passed `Config::validate`.
     pub fn new(env: Arc<Environment>, cfg: Config, resolver: R, router: E) -> Self {
         ConnectionBuilder {
+            security: SecurityManager::plaintext(),
             env,
             cfg,
             resolver,
@@ -365,6 +369,13 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> ConnectionBuilder<R, E> {
     /// Logs to `logger` instead of discarding.
     pub fn logger(mut self, logger: Logger) -> Self {
         self.logger = logger;
+        self
+    }
+
+    /// Connects with `security` (TLS when configured; each new connection
+    /// reads the certificate files as they are on disk).
+    pub fn security(mut self, security: Arc<SecurityManager>) -> Self {
+        self.security = security;
         self
     }
 }
@@ -435,6 +446,7 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
             shared: Arc::new(Shared {
                 cfg: builder.cfg,
                 env: builder.env,
+                security: builder.security,
                 resolver: builder.resolver,
                 router: builder.router,
                 self_store_id,
@@ -935,13 +947,13 @@ async fn connection_loop<R: StoreAddrResolver + Sync, E: RaftExtension>(
             .connects
             .entry(store_id)
             .or_default() += 1;
-        let ch = ChannelBuilder::new(shared.env.clone())
+        let cb = ChannelBuilder::new(shared.env.clone())
             .keepalive_time(cfg.grpc_keepalive_time.0)
             .keepalive_timeout(cfg.grpc_keepalive_timeout.0)
             .initial_reconnect_backoff(initial)
             .max_reconnect_backoff(cfg.raft_client_max_backoff.0)
-            .max_send_message_len(cfg.max_grpc_send_msg_len.0 as i32)
-            .connect(&addr);
+            .max_send_message_len(cfg.max_grpc_send_msg_len.0 as i32);
+        let ch = shared.security.connect(cb, &addr);
         let connected = ch
             .wait_for_connected(cfg.raft_client_connect_timeout.0)
             .await;

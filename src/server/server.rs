@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use grpcio::{ChannelBuilder, Environment, Server as GrpcServer, ServerBuilder, ServerCredentials};
+use grpcio::{ChannelBuilder, Environment, Server as GrpcServer, ServerBuilder};
+use security::SecurityManager;
 
 use super::raft_extension::RaftExtension;
 use super::service::Service;
@@ -14,11 +15,24 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `addr` (`host:port`, port 0 picks a free one) and serves `svc`.
+    /// Binds `addr` (`host:port`, port 0 picks a free one) and serves `svc`
+    /// in plaintext.
     pub fn start<E: RaftExtension>(
         env: Arc<Environment>,
         addr: &str,
         svc: Service<E>,
+    ) -> Result<Server, grpcio::Error> {
+        Server::start_with(env, addr, svc, &SecurityManager::plaintext())
+    }
+
+    /// As [`start`](Self::start), with `security`: TLS requiring a client
+    /// certificate the CA signed, certificates re-read for new connections,
+    /// and `cert-allowed-cn` checked on every call.
+    pub fn start_with<E: RaftExtension>(
+        env: Arc<Environment>,
+        addr: &str,
+        svc: Service<E>,
+        security: &Arc<SecurityManager>,
     ) -> Result<Server, grpcio::Error> {
         let (host, _) = addr.rsplit_once(':').ok_or_else(|| {
             grpcio::Error::BindFail(std::ffi::CString::new(addr).unwrap_or_default())
@@ -28,11 +42,11 @@ impl Server {
         let args = ChannelBuilder::new(env.clone())
             .reuse_port(false)
             .build_args();
-        let mut server = ServerBuilder::new(env)
+        let builder = ServerBuilder::new(env)
             .channel_args(args)
-            .register_service(kvproto::tikvpb::create_tikv(svc))
-            .build()?;
-        let port = server.add_listening_port(addr, ServerCredentials::insecure())?;
+            .register_service(kvproto::tikvpb::create_tikv(svc));
+        let mut server = security.bind(builder).build()?;
+        let port = server.add_listening_port(addr, security.server_credentials())?;
         server.start();
         Ok(Server {
             server: Some(server),

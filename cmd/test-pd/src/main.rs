@@ -51,6 +51,40 @@ struct Cli {
     /// Cluster id (default: test_pd's)
     #[arg(long = "cluster-id", value_name = "ID")]
     cluster_id: Option<u64>,
+    /// TOML config; only `[security]` (ca-path, cert-path, key-path,
+    /// cert-allowed-cn) is read, as PD's own `[security]`
+    #[arg(long = "config", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+}
+
+#[derive(Default, serde::Deserialize)]
+#[serde(default)]
+struct FileConfig {
+    security: security::SecurityConfig,
+}
+
+fn load_security(path: &std::path::Path) -> security::SecurityConfig {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| fail(format!("cannot read config file {}: {}", path.display(), e)));
+    let mut unknown = vec![];
+    let cfg: FileConfig = serde_ignored::deserialize(toml::Deserializer::new(&text), |p| {
+        unknown.push(p.to_string())
+    })
+    .unwrap_or_else(|e: toml::de::Error| {
+        fail(format!(
+            "invalid config file {}: {}",
+            path.display(),
+            e.to_string().trim_end()
+        ))
+    });
+    for k in unknown {
+        eprintln!(
+            "test-pd: warning: unknown config key {} in {}, ignored",
+            k,
+            path.display()
+        );
+    }
+    cfg.security
 }
 
 fn fail(msg: impl std::fmt::Display) -> ! {
@@ -83,7 +117,11 @@ fn main() {
         Flavor::Old => NotFoundShape::GrpcStatus,
         Flavor::New => NotFoundShape::Header,
     };
-    let pd = Arc::new(PdServer::start_on(&addrs, shape).unwrap_or_else(|e| fail(e)));
+    let sec = cli.config.as_deref().map(load_security).unwrap_or_default();
+    let security = Arc::new(security::SecurityManager::new(&sec).unwrap_or_else(|e| fail(e)));
+    let pd = Arc::new(
+        PdServer::start_with_security(&addrs, shape, security).unwrap_or_else(|e| fail(e)),
+    );
     if let Some(id) = cli.cluster_id {
         pd.set_cluster_id(id);
     }

@@ -8,6 +8,7 @@ use futures::executor::block_on;
 use grpcio::{CallOption, ChannelBuilder, ClientUnaryReceiver, Environment};
 use kvproto::metapb;
 use kvproto::pdpb::{self, GetMembersRequest, GetMembersResponse};
+use security::SecurityManager;
 use slog::{info, warn, Logger};
 
 use crate::config::Config;
@@ -44,7 +45,7 @@ struct Leader {
 }
 
 struct Shared {
-    env: Arc<Environment>,
+    env: Connector,
     cfg: Config,
     endpoints: Vec<String>,
     cluster_id: u64,
@@ -70,15 +71,20 @@ fn call_opt(cfg: &Config) -> CallOption {
     CallOption::default().timeout(cfg.request_timeout.0)
 }
 
-fn connect(env: &Arc<Environment>, addr: &str) -> pdpb::PdClient {
-    let ch = ChannelBuilder::new(env.clone())
-        .max_reconnect_backoff(std::time::Duration::from_secs(1))
-        .connect(addr);
-    pdpb::PdClient::new(ch)
+/// What a PD channel is made with: the gRPC environment and `[security]`.
+struct Connector {
+    env: Arc<Environment>,
+    security: Arc<SecurityManager>,
+}
+
+fn connect(env: &Connector, addr: &str) -> pdpb::PdClient {
+    let cb = ChannelBuilder::new(env.env.clone())
+        .max_reconnect_backoff(std::time::Duration::from_secs(1));
+    pdpb::PdClient::new(env.security.connect(cb, addr))
 }
 
 async fn get_members(
-    env: &Arc<Environment>,
+    env: &Connector,
     cfg: &Config,
     addr: &str,
 ) -> Result<(pdpb::PdClient, GetMembersResponse)> {
@@ -93,7 +99,7 @@ async fn get_members(
 /// The leader named in `members`: its address and a client for it, reusing
 /// `probe` (the channel the members came from) when that is the leader.
 fn leader_client(
-    env: &Arc<Environment>,
+    env: &Connector,
     members: &GetMembersResponse,
     probe: (&str, pdpb::PdClient),
 ) -> Result<(pdpb::PdClient, String)> {
@@ -111,7 +117,7 @@ fn leader_client(
 
 /// Asks each candidate for the members and connects to the leader.
 async fn connect_leader(
-    env: &Arc<Environment>,
+    env: &Connector,
     cfg: &Config,
     candidates: &[String],
     cluster_id: u64,
@@ -261,7 +267,7 @@ fn observe<T>(method: &str, r: Result<T>) -> Result<T> {
 
 /// One round of startup discovery: every endpoint asked for the members.
 async fn discover(
-    env: &Arc<Environment>,
+    env: &Connector,
     cfg: &Config,
     endpoints: &[String],
     logger: &Logger,
@@ -316,8 +322,22 @@ impl RpcClient {
     /// learns the cluster id and connects to the leader. Endpoints that
     /// answer with a different cluster id are an error.
     pub fn new(cfg: &Config, env: Option<Arc<Environment>>, logger: Logger) -> Result<RpcClient> {
+        RpcClient::new_with_security(cfg, env, SecurityManager::plaintext(), logger)
+    }
+
+    /// As [`new`](Self::new), connecting with `security` (TLS when it is
+    /// configured; certificate files are read again for each new channel).
+    pub fn new_with_security(
+        cfg: &Config,
+        env: Option<Arc<Environment>>,
+        security: Arc<SecurityManager>,
+        logger: Logger,
+    ) -> Result<RpcClient> {
         cfg.validate()?;
-        let env = env.unwrap_or_else(|| Arc::new(Environment::new(1)));
+        let env = Connector {
+            env: env.unwrap_or_else(|| Arc::new(Environment::new(1))),
+            security,
+        };
         let endpoints: Vec<String> = cfg
             .endpoints
             .iter()

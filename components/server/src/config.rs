@@ -22,6 +22,8 @@ pub struct TikvConfig {
     pub pd: pd_client::Config,
     /// `[raftstore]`: the ticks we drive, and the synthetic traffic (ours).
     pub raftstore: RaftstoreConfig,
+    /// `[security]`: mutual TLS for PD and peer connections.
+    pub security: security::SecurityConfig,
 }
 
 /// `[log]`, in TiKV's current layout (`level`, `[log.file] filename`).
@@ -143,6 +145,7 @@ impl TikvConfig {
         self.pd
             .validate()
             .map_err(|e| ConfigError(format!("invalid [pd] config: {}", e)))?;
+        self.security.validate().map_err(ConfigError)?;
         if self.storage.data_dir.is_empty() {
             return Err(ConfigError(
                 "invalid [storage] config: data-dir must not be empty".to_owned(),

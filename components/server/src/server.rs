@@ -10,6 +10,7 @@ use std::time::Duration;
 use crossbeam::channel::{self, Receiver};
 use grpcio::Environment;
 use pd_client::{PdClient, RpcClient};
+use security::SecurityManager;
 use slog::{info, Logger};
 use tikv::server::resolve::{self, PdStoreAddrResolver, ResolverConfig};
 use tikv::server::{ConnectionBuilder, RaftClient, Server, Service};
@@ -99,8 +100,15 @@ impl TikvServer {
         pd_client::metrics::init();
         let data_dir = DataDir::open(Path::new(&cfg.storage.data_dir))?;
         let env = Arc::new(Environment::new(2));
+        let security = Arc::new(SecurityManager::new(&cfg.security)?);
         let pd = Arc::new(
-            RpcClient::new(&cfg.pd, Some(env.clone()), logger.clone()).map_err(|e| {
+            RpcClient::new_with_security(
+                &cfg.pd,
+                Some(env.clone()),
+                security.clone(),
+                logger.clone(),
+            )
+            .map_err(|e| {
                 format!(
                     "cannot connect to PD at {}: {}",
                     cfg.pd.endpoints.join(","),
@@ -122,6 +130,7 @@ impl TikvServer {
         let client = RaftClient::new(
             store_id,
             ConnectionBuilder::new(env.clone(), cfg.server.clone(), resolver, router.clone())
+                .security(security.clone())
                 .logger(logger.clone()),
         );
         let alive = Mutex::new(client.clone());
@@ -130,7 +139,7 @@ impl TikvServer {
                 alive.lock().unwrap().notify_store_alive(s)
             }))
             .with_logger(logger.clone());
-        let raft_server = Server::start(env, &cfg.server.addr, svc)
+        let raft_server = Server::start_with(env, &cfg.server.addr, svc, &security)
             .map_err(|e| format!("cannot bind server.addr {}: {}", cfg.server.addr, e))?;
         let bound_port = raft_server
             .addr()

@@ -13,8 +13,9 @@ pub use crate::state::{Fault, Method, NotFoundShape};
 
 use std::sync::{Arc, Mutex};
 
-use grpcio::{ChannelBuilder, Environment, Server as GrpcServer, ServerBuilder, ServerCredentials};
+use grpcio::{ChannelBuilder, Environment, Server as GrpcServer, ServerBuilder};
 use kvproto::metapb;
+use security::SecurityManager;
 
 use crate::service::PdService;
 use crate::state::Cluster;
@@ -30,12 +31,14 @@ struct Member {
 /// A running embedded PD cluster of one or more members on loopback.
 pub struct Server {
     env: Arc<Environment>,
+    security: Arc<SecurityManager>,
     cluster: Arc<Cluster>,
     members: Mutex<Vec<Member>>,
 }
 
 fn start_member(
     env: &Arc<Environment>,
+    security: &Arc<SecurityManager>,
     cluster: &Arc<Cluster>,
     idx: usize,
     host: &str,
@@ -46,13 +49,15 @@ fn start_member(
     let args = ChannelBuilder::new(env.clone())
         .reuse_port(false)
         .build_args();
-    let mut server = ServerBuilder::new(env.clone())
+    let builder = ServerBuilder::new(env.clone())
         .channel_args(args)
-        .register_service(kvproto::pdpb::create_pd(svc))
+        .register_service(kvproto::pdpb::create_pd(svc));
+    let mut server = security
+        .bind(builder)
         .build()
         .map_err(|e| format!("build PD server: {}", e))?;
     let port = server
-        .add_listening_port(format!("{}:{}", host, port), ServerCredentials::insecure())
+        .add_listening_port(format!("{}:{}", host, port), security.server_credentials())
         .map_err(|e| format!("bind PD member on {}:{}: {}", host, port, e))?;
     server.start();
     Ok((server, port))
@@ -71,6 +76,16 @@ impl Server {
     /// Member 0 is the leader. The cluster is bootstrapped; call
     /// `set_bootstrapped(false)` for a fresh cluster a store bootstraps.
     pub fn start_on(addrs: &[String], shape: NotFoundShape) -> Result<Server, String> {
+        Server::start_with_security(addrs, shape, SecurityManager::plaintext())
+    }
+
+    /// As [`start_on`](Self::start_on), serving with `security` (mutual
+    /// TLS and `cert-allowed-cn` when configured).
+    pub fn start_with_security(
+        addrs: &[String],
+        shape: NotFoundShape,
+        security: Arc<SecurityManager>,
+    ) -> Result<Server, String> {
         if addrs.is_empty() {
             return Err("a PD cluster needs at least one member".to_owned());
         }
@@ -83,7 +98,7 @@ impl Server {
                 .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
                 .filter(|(h, _)| !h.is_empty())
                 .ok_or_else(|| format!("invalid PD member address {:?}, want host:port", addr))?;
-            let (server, port) = start_member(&env, &cluster, idx, host, port)?;
+            let (server, port) = start_member(&env, &security, &cluster, idx, host, port)?;
             members.push(Member {
                 name: format!("pd-{}", idx),
                 id: 100 + idx as u64,
@@ -94,6 +109,7 @@ impl Server {
         }
         let s = Server {
             env,
+            security,
             cluster,
             members: Mutex::new(members),
         };
@@ -114,7 +130,12 @@ impl Server {
                 let mut pm = kvproto::pdpb::Member::default();
                 pm.set_name(m.name.clone());
                 pm.set_member_id(m.id);
-                let url = format!("http://{}:{}", m.host, m.port);
+                let scheme = if self.security.is_tls() {
+                    "https"
+                } else {
+                    "http"
+                };
+                let url = format!("{}://{}:{}", scheme, m.host, m.port);
                 pm.set_client_urls(vec![url.clone()].into());
                 pm.set_peer_urls(vec![url].into());
                 pm
@@ -169,9 +190,15 @@ impl Server {
     pub fn restart_member(&self, idx: usize) {
         let mut ms = self.members.lock().unwrap();
         if ms[idx].server.is_none() {
-            let (server, port) =
-                start_member(&self.env, &self.cluster, idx, &ms[idx].host, ms[idx].port)
-                    .expect("restart PD member");
+            let (server, port) = start_member(
+                &self.env,
+                &self.security,
+                &self.cluster,
+                idx,
+                &ms[idx].host,
+                ms[idx].port,
+            )
+            .expect("restart PD member");
             assert_eq!(port, ms[idx].port, "PD member must come back on its port");
             ms[idx].server = Some(server);
         }
