@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use kvproto::eraftpb::MessageType;
 use kvproto::raft_serverpb::RaftMessage;
+use security::SecurityManager;
 use slog::Level;
 use test_pd::{Method, NotFoundShape, Server as PdServer};
 use tikv::server::raft_client::StatsSnapshot;
@@ -74,6 +75,7 @@ pub struct Cluster {
     senders: Arc<Mutex<BTreeMap<u64, Client>>>,
     traffic: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
     members_at_start: u64,
+    security: Arc<SecurityManager>,
 }
 
 impl Cluster {
@@ -98,6 +100,26 @@ impl Cluster {
         regions: u64,
         cfg: Config,
     ) -> Cluster {
+        Cluster::with_security(
+            pd,
+            ids,
+            peer_stores,
+            regions,
+            cfg,
+            SecurityManager::plaintext(),
+        )
+    }
+
+    /// As [`with_pd`](Self::with_pd), every store's PD client, raft client
+    /// and raft service using `security` (give `pd` the same).
+    pub fn with_security(
+        pd: PdServer,
+        ids: &[u64],
+        peer_stores: &[u64],
+        regions: u64,
+        cfg: Config,
+        security: Arc<SecurityManager>,
+    ) -> Cluster {
         let regions = (1..=regions)
             .map(|id| Region {
                 id,
@@ -113,6 +135,7 @@ impl Cluster {
             senders: Arc::default(),
             traffic: None,
             members_at_start: 0,
+            security,
         };
         for id in ids {
             c.start_store(*id, "127.0.0.1:0", true);
@@ -131,12 +154,14 @@ impl Cluster {
     pub fn start_store_opts(&mut self, id: u64, addr: &str, register: bool, send: bool) {
         let log = LogCapture::new();
         let members = self.pd.method_count(Method::GetMembers);
-        let (worker, client, router) = raft_client(&self.pd, id, self.cfg.clone(), &log);
+        let (worker, client, router) =
+            raft_client_with(&self.pd, id, self.cfg.clone(), &log, &self.security);
         // A new PD client's discovery is not a reconnect.
         self.members_at_start += self.pd.method_count(Method::GetMembers) - members;
         let alive = client.clone();
         let opts = NodeOptions {
             alive: Some(Arc::new(move |s| alive.notify_store_alive(s))),
+            security: Some(self.security.clone()),
             ..Default::default()
         };
         let node = Node::start_with(Receiver::Ours, id, addr, opts);

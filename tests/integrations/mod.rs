@@ -3,5 +3,6 @@
 mod peers;
 mod raft_client;
 mod resolve;
+mod tls;
 mod upstream_peer;
 mod util;

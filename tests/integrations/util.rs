@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pd_client::{Config as PdConfig, RpcClient};
+use security::SecurityManager;
 use test_pd::Server as PdServer;
 use tikv::server::resolve::{self, PdStoreAddrResolver, ResolverConfig};
 use tikv::server::RaftExtension;
@@ -12,12 +13,20 @@ use tikv_util::worker::Worker;
 
 /// A PD client for `pd` with fast retries.
 pub fn pd_client(pd: &PdServer) -> Arc<RpcClient> {
+    pd_client_with(pd, &SecurityManager::plaintext())
+}
+
+/// As [`pd_client`], connecting with `security`.
+pub fn pd_client_with(pd: &PdServer, security: &Arc<SecurityManager>) -> Arc<RpcClient> {
     let mut c = PdConfig::new(pd.endpoints());
     c.retry_interval = ReadableDuration::millis(10);
     c.retry_max_count = 3;
     c.reconnect_interval = ReadableDuration::millis(0);
     c.request_timeout = ReadableDuration::millis(500);
-    Arc::new(RpcClient::new(&c, None, tikv_util::logger::discard()).unwrap())
+    Arc::new(
+        RpcClient::new_with_security(&c, None, security.clone(), tikv_util::logger::discard())
+            .unwrap(),
+    )
 }
 
 /// A resolver on its own worker; keep the worker alive as long as the resolver.
@@ -110,6 +119,8 @@ pub struct NodeOptions {
     pub peer: PeerOptions,
     /// Our service only: evidence-of-life hook.
     pub alive: Option<StoreAliveHook>,
+    /// Our service only: `[security]` (plaintext when `None`).
+    pub security: Option<Arc<SecurityManager>>,
 }
 
 enum Receiving {
@@ -151,11 +162,16 @@ impl Node {
                 if let Some(hook) = opts.alive {
                     svc = svc.with_store_alive_hook(hook);
                 }
-                let server = Server::start(env(), addr, svc.clone()).unwrap();
+                let sec = opts.security.unwrap_or_else(SecurityManager::plaintext);
+                let server = Server::start_with(env(), addr, svc.clone(), &sec).unwrap();
                 Receiving::Ours { svc, server }
             }
             Receiver::Upstream => {
                 assert!(opts.alive.is_none(), "upstream has no alive hook");
+                assert!(
+                    opts.security.is_none(),
+                    "the upstream peer serves plaintext"
+                );
                 Receiving::Upstream(UpstreamPeer::start(store_id, addr, opts.peer, ext.clone()))
             }
         };
@@ -240,6 +256,17 @@ pub fn raft_client(
     cfg: Config,
     log: &LogCapture,
 ) -> (Worker, Client, RecordingExtension) {
+    raft_client_with(pd, self_store_id, cfg, log, &SecurityManager::plaintext())
+}
+
+/// As [`raft_client`], its PD client and connections using `security`.
+pub fn raft_client_with(
+    pd: &PdServer,
+    self_store_id: u64,
+    cfg: Config,
+    log: &LogCapture,
+    security: &Arc<SecurityManager>,
+) -> (Worker, Client, RecordingExtension) {
     cfg.validate().unwrap();
     let ext = RecordingExtension::new();
     let rcfg = ResolverConfig {
@@ -247,8 +274,16 @@ pub fn raft_client(
         ..Default::default()
     };
     let w = Worker::new("addr-resolver");
-    let r = resolve::new_resolver_with(pd_client(pd), &w, ext.clone(), rcfg, log.logger());
-    let builder = ConnectionBuilder::new(env(), cfg, r, ext.clone()).logger(log.logger());
+    let r = resolve::new_resolver_with(
+        pd_client_with(pd, security),
+        &w,
+        ext.clone(),
+        rcfg,
+        log.logger(),
+    );
+    let builder = ConnectionBuilder::new(env(), cfg, r, ext.clone())
+        .security(security.clone())
+        .logger(log.logger());
     (w, RaftClient::new(self_store_id, builder), ext)
 }
 

@@ -358,3 +358,72 @@ fn status_server_paths() {
     assert_eq!(code, 404);
     assert!(body.contains("--features failpoints"), "{}", body);
 }
+
+fn security_toml(cfg: &security::SecurityConfig, allowed: &[&str]) -> String {
+    format!(
+        "[security]\nca-path = {:?}\ncert-path = {:?}\nkey-path = {:?}\ncert-allowed-cn = {:?}\n",
+        cfg.ca_path, cfg.cert_path, cfg.key_path, allowed
+    )
+}
+
+#[test]
+fn lab_cluster_over_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = security::test_certs::Ca::new("lab-ca");
+    let set = ca.write(dir.path(), "tikv", "tikv");
+    let sec = security_toml(&set, &["tikv"]);
+    let mut lab = Lab::start_secure("new", &[], Some(&sec)).unwrap();
+    let a = lab.start_store("a").unwrap();
+    let b = lab.start_store("b").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let heard = |lab: &Lab, me: u64, from: u64| {
+        lab.raft_client(me).map(|v| {
+            v["traffic"]["reports"]["received_from"][from.to_string()]
+                .as_u64()
+                .unwrap_or(0)
+                > 0
+        })
+    };
+    while !(heard(&lab, a, b).unwrap() && heard(&lab, b, a).unwrap()) {
+        assert!(std::time::Instant::now() < deadline, "no traffic over TLS");
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+
+    // A store without TLS cannot reach the TLS PD: a clear error, exit 1.
+    let mut plain = server(&[
+        "--pd",
+        &lab.pd_endpoints,
+        "--addr",
+        "127.0.0.1:0",
+        "--status-addr",
+        "",
+    ]);
+    plain
+        .args(["--log-level", "error"])
+        .arg("--data-dir")
+        .arg(dir.path().join("plain"));
+    let f = run_to_exit(plain, EXIT).unwrap();
+    fails_with(&f, &["cannot connect to PD"]);
+
+    // A half-filled [security] is refused before anything starts.
+    let half = write(
+        dir.path(),
+        "half.toml",
+        &format!(
+            "[security]\nca-path = {:?}\ncert-path = {:?}\n",
+            set.ca_path, set.cert_path
+        ),
+    );
+    let f = run_to_exit(server(&["--config", &half]), EXIT).unwrap();
+    fails_with(&f, &["[security] key-path is empty"]);
+    let f = run_to_exit(
+        {
+            let mut c = Command::new(bin("test-pd").unwrap());
+            c.args(["--addr", "127.0.0.1:0", "--config", &half]);
+            c
+        },
+        EXIT,
+    )
+    .unwrap();
+    fails_with(&f, &["[security] key-path is empty"]);
+}

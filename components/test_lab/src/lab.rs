@@ -78,17 +78,33 @@ impl Lab {
 
     /// As [`start`](Self::start), with `extra` test-pd arguments.
     pub fn start_with(flavor: &str, extra: &[&str]) -> Result<Lab, String> {
+        Lab::start_secure(flavor, extra, None)
+    }
+
+    /// As [`start_with`](Self::start_with); with `security`, a `[security]`
+    /// section (TOML text) given to test-pd and to every store.
+    pub fn start_secure(
+        flavor: &str,
+        extra: &[&str],
+        security: Option<&str>,
+    ) -> Result<Lab, String> {
         let dir = tempfile::Builder::new()
             .prefix("tikv-lab-")
             .tempdir()
             .map_err(|e| format!("temp dir: {}", e))?;
         let mut cmd = Command::new(bin("test-pd")?);
+        if let Some(sec) = security {
+            let p = dir.path().join("test-pd.toml");
+            std::fs::write(&p, sec).map_err(|e| format!("{}: {}", p.display(), e))?;
+            cmd.arg("--config").arg(p);
+        }
         cmd.args(["--addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
             .args(["--flavor", flavor])
             .args(extra);
         let pd = LabProcess::spawn("test-pd", cmd, &dir.path().join("test-pd.stderr"))?;
         let config = dir.path().join("tikv.toml");
-        std::fs::write(&config, LAB_CONFIG).map_err(|e| format!("{}: {}", config.display(), e))?;
+        let text = format!("{}\n{}", LAB_CONFIG, security.unwrap_or(""));
+        std::fs::write(&config, text).map_err(|e| format!("{}: {}", config.display(), e))?;
         Ok(Lab {
             flavor: flavor.to_owned(),
             pd_endpoints: pd.field("pd"),

@@ -3,7 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use test_pd::NotFoundShape;
+use std::sync::Arc;
+
+use security::SecurityManager;
+use test_pd::{NotFoundShape, Server as PdServer};
 use tikv::server::Config;
 use tikv_util::config::ReadableDuration;
 
@@ -35,7 +38,18 @@ pub fn observe_for(d: Duration) {
 
 /// Stores 1, 2, 3 with 10 regions on all three, traffic flowing to store 3.
 fn cluster_with_traffic(shape: NotFoundShape, cfg: Config) -> Cluster {
-    let mut c = Cluster::new(shape, &[1, 2, 3], &[1, 2, 3], 10, cfg);
+    cluster_with_traffic_sec(shape, cfg, SecurityManager::plaintext())
+}
+
+/// As [`cluster_with_traffic`], PD and every store on `security`.
+fn cluster_with_traffic_sec(
+    shape: NotFoundShape,
+    cfg: Config,
+    security: Arc<SecurityManager>,
+) -> Cluster {
+    let pd = PdServer::start_with_security(&["127.0.0.1:0".to_owned()], shape, security.clone())
+        .unwrap();
+    let mut c = Cluster::with_security(pd, &[1, 2, 3], &[1, 2, 3], 10, cfg, security);
     c.start_traffic(TICK);
     wait_until(T, "store 3 hears from stores 1 and 2", || {
         fed_from(&c, 3, 1) > 0 && fed_from(&c, 3, 2) > 0
@@ -48,9 +62,23 @@ fn cluster_with_traffic(shape: NotFoundShape, cfg: Config) -> Cluster {
 /// store 3, however long the peers keep sending.
 #[test]
 fn decommissioned_store_stops_all_reconnects() {
+    decommission(SecurityManager::plaintext());
+}
+
+/// The same with mutual TLS on PD and every peer connection, and
+/// `cert-allowed-cn` on every server.
+#[test]
+fn decommissioned_store_stops_all_reconnects_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = security::test_certs::Ca::new("lab-ca").write(dir.path(), "tikv", "tikv");
+    cfg.cert_allowed_cn.insert("tikv".to_owned());
+    decommission(Arc::new(SecurityManager::new(&cfg).unwrap()));
+}
+
+fn decommission(security: Arc<SecurityManager>) {
     for shape in SHAPES {
         let _s = fail::FailScenario::setup();
-        let mut c = cluster_with_traffic(shape, fast_cfg());
+        let mut c = cluster_with_traffic_sec(shape, fast_cfg(), security.clone());
         c.pd.set_offline(3);
         let before = c.store(3).node.ext.fed_count();
         wait_until(T, "an Offline store still gets traffic", || {

@@ -1,0 +1,297 @@
+//! `[security]` over real gRPC: mutual TLS for the PD client, the raft
+//! client and the raft service, `cert-allowed-cn`, refusals that fail fast
+//! and clearly, and certificates rotated on disk. Certificates are made at
+//! run time by `security::test_certs`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use grpcio::{ChannelBuilder, Environment, RpcStatusCode};
+use kvproto::pdpb::{self, GetMembersRequest};
+use pd_client::{Config as PdConfig, Error as PdError, PdClient, RpcClient};
+use security::test_certs::Ca;
+use security::{SecurityConfig, SecurityManager};
+use test_pd::{NotFoundShape, Server as PdServer};
+use tikv::server::resolve::{self, resolve_blocking, ResolverConfig};
+use tikv_util::config::ReadableDuration;
+use tikv_util::logger::LogCapture;
+use tikv_util::worker::Worker;
+
+use crate::util::*;
+
+const T: Duration = Duration::from_secs(20);
+
+fn mgr(cfg: &SecurityConfig) -> Arc<SecurityManager> {
+    Arc::new(SecurityManager::new(cfg).unwrap())
+}
+
+fn allowed(mut cfg: SecurityConfig, cns: &[&str]) -> SecurityConfig {
+    cfg.cert_allowed_cn = cns.iter().map(|s| s.to_string()).collect();
+    cfg
+}
+
+fn pd_tls(shape: NotFoundShape, sec: &Arc<SecurityManager>) -> PdServer {
+    PdServer::start_with_security(&["127.0.0.1:0".to_owned()], shape, sec.clone()).unwrap()
+}
+
+fn fast_pd_cfg(pd: &PdServer) -> PdConfig {
+    let mut c = PdConfig::new(pd.endpoints());
+    c.retry_interval = ReadableDuration::millis(10);
+    c.retry_max_count = 2;
+    c.request_timeout = ReadableDuration::millis(500);
+    c
+}
+
+fn try_pd_client(pd: &PdServer, sec: &Arc<SecurityManager>) -> Result<RpcClient, PdError> {
+    RpcClient::new_with_security(
+        &fast_pd_cfg(pd),
+        None,
+        sec.clone(),
+        tikv_util::logger::discard(),
+    )
+}
+
+/// One GetMembers on a fresh channel made by `sec`: the gRPC status code.
+fn raw_get_members(addr: &str, sec: &SecurityManager) -> RpcStatusCode {
+    let env = Arc::new(Environment::new(1));
+    let c = pdpb::PdClient::new(sec.connect(ChannelBuilder::new(env), addr));
+    let opt = grpcio::CallOption::default().timeout(Duration::from_secs(3));
+    match c.get_members_opt(&GetMembersRequest::default(), opt) {
+        Ok(_) => RpcStatusCode::OK,
+        Err(grpcio::Error::RpcFailure(s)) => s.code(),
+        Err(e) => panic!("unexpected error {:?}", e),
+    }
+}
+
+fn copy_set(from: &SecurityConfig, to: &SecurityConfig) {
+    for (a, b) in [
+        (&from.ca_path, &to.ca_path),
+        (&from.cert_path, &to.cert_path),
+        (&from.key_path, &to.key_path),
+    ] {
+        std::fs::copy(a, b).unwrap();
+    }
+}
+
+fn certs(dir: &Path, ca: &Ca, name: &str, cn: &str) -> SecurityConfig {
+    ca.write(dir, name, cn)
+}
+
+#[test]
+fn pd_client_over_mtls_both_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("lab-ca");
+    let pd_sec = mgr(&allowed(certs(dir.path(), &ca, "pd", "pd"), &["tikv"]));
+    let store_sec = mgr(&certs(dir.path(), &ca, "tikv", "tikv"));
+    for shape in [NotFoundShape::GrpcStatus, NotFoundShape::Header] {
+        let pd = pd_tls(shape, &pd_sec);
+        pd.add_store(1, "127.0.0.1:20160");
+        pd.add_store(2, "127.0.0.1:20161");
+        let c = try_pd_client(&pd, &store_sec).unwrap();
+        assert_eq!(c.get_store(1).unwrap().get_address(), "127.0.0.1:20160");
+        pd.bury(2);
+        assert!(matches!(c.get_store(2), Err(PdError::StoreTombstone(_))));
+        assert!(pd.remove_tombstone(2));
+        assert!(matches!(c.get_store(2), Err(PdError::StoreNotFound(2))));
+        assert_eq!(c.reconnect_stats().attempts(), 0);
+    }
+}
+
+#[test]
+fn raft_client_over_mtls_tombstone_and_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("lab-ca");
+    let sec = mgr(&allowed(certs(dir.path(), &ca, "tikv", "tikv"), &["tikv"]));
+    for shape in [NotFoundShape::GrpcStatus, NotFoundShape::Header] {
+        let pd = pd_tls(shape, &sec);
+        let opts = || NodeOptions {
+            security: Some(sec.clone()),
+            ..Default::default()
+        };
+        let mut n2 = Node::start_with(Receiver::Ours, 2, "127.0.0.1:0", opts());
+        pd.add_store(2, &n2.addr());
+        let log = LogCapture::new();
+        let (_w, mut c, ext) = raft_client_with(&pd, 1, fast_cfg(), &log, &sec);
+        c.send(msg(1, 1, 2)).unwrap();
+        c.flush();
+        wait_until(T, "delivered over TLS", || n2.ext.fed_count() == 1);
+
+        // Tombstone: the store goes away and PD buries it.
+        n2.stop();
+        pd.bury(2);
+        wait_until(T, "tombstone verdict over TLS", || {
+            let _ = c.send(msg(2, 1, 2));
+            c.flush();
+            c.is_tombstone(2)
+        });
+        // Not found: a store PD does not know.
+        c.send(msg(3, 1, 4)).unwrap();
+        c.flush();
+        wait_until(T, "not-found episode over TLS", || {
+            c.in_not_found_episode(4)
+        });
+        assert!(!c.is_tombstone(4));
+        assert!(ext.maybe_tombstone_count(4) >= 1);
+        c.stop();
+        assert_balanced(&c);
+    }
+}
+
+#[test]
+fn refusals_are_clear_and_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("lab-ca");
+    let pd_sec = mgr(&allowed(certs(dir.path(), &ca, "pd", "pd"), &["tikv"]));
+    let pd = pd_tls(NotFoundShape::Header, &pd_sec);
+    let addr = pd.endpoints()[0].clone();
+
+    // The allowed CN gets in.
+    let ok = mgr(&certs(dir.path(), &ca, "tikv", "tikv"));
+    assert_eq!(raw_get_members(&addr, &ok), RpcStatusCode::OK);
+
+    // A CN not in cert-allowed-cn: PERMISSION_DENIED, and the PD client
+    // says so instead of retrying.
+    let intruder = mgr(&certs(dir.path(), &ca, "intruder", "intruder"));
+    assert_eq!(
+        raw_get_members(&addr, &intruder),
+        RpcStatusCode::PERMISSION_DENIED
+    );
+    let e = try_pd_client(&pd, &intruder).err().unwrap();
+    assert!(format!("{:?}", e).contains("cert-allowed-cn"), "{:?}", e);
+
+    // A certificate another CA signed (trusting the right CA): refused at
+    // the handshake.
+    let other_ca = Ca::new("other-ca");
+    let foreign_leaf = certs(dir.path(), &other_ca, "foreign", "tikv");
+    let mut foreign = foreign_leaf.clone();
+    foreign.ca_path = ok.config().ca_path.clone();
+    // The manager refuses this set itself: its certificate is not the CA's.
+    assert!(SecurityManager::new(&foreign)
+        .unwrap_err()
+        .contains("not signed"));
+    // Forced past our own check, the server refuses it.
+    let forced = mgr(&foreign_leaf);
+    std::fs::copy(&ok.config().ca_path, &foreign_leaf.ca_path).unwrap();
+    assert_eq!(raw_get_members(&addr, &forced), RpcStatusCode::UNAVAILABLE);
+
+    // Plaintext to a TLS server, and TLS to a plaintext server: errors
+    // within the client's retries, no hang.
+    let t = Instant::now();
+    let plain = SecurityManager::plaintext();
+    assert_eq!(raw_get_members(&addr, &plain), RpcStatusCode::UNAVAILABLE);
+    assert!(try_pd_client(&pd, &plain).err().unwrap().is_transport());
+    let plain_pd = PdServer::single();
+    let plain_addr = plain_pd.endpoints()[0].clone();
+    assert_eq!(
+        raw_get_members(&plain_addr, &ok),
+        RpcStatusCode::UNAVAILABLE
+    );
+    assert!(try_pd_client(&plain_pd, &ok).err().unwrap().is_transport());
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+
+    // The raft service refuses a CN not allowed with PERMISSION_DENIED too,
+    // and the raft client reports the messages instead of delivering them.
+    let store_sec = mgr(&allowed(certs(dir.path(), &ca, "store", "tikv"), &["tikv"]));
+    let pd2 = pd_tls(NotFoundShape::Header, &store_sec);
+    let node = Node::start_with(
+        Receiver::Ours,
+        2,
+        "127.0.0.1:0",
+        NodeOptions {
+            security: Some(store_sec.clone()),
+            ..Default::default()
+        },
+    );
+    pd2.add_store(2, &node.addr());
+    let log = LogCapture::new();
+    // The intruder's PD client is refused too, so resolve with ours and
+    // connect to the store with the intruder's certificate.
+    let ext = tikv::server::RecordingExtension::new();
+    let w = Worker::new("addr-resolver");
+    let r = resolve::new_resolver_with(
+        pd_client_with(&pd2, &store_sec),
+        &w,
+        ext.clone(),
+        ResolverConfig::default(),
+        log.logger(),
+    );
+    let mut c = tikv::server::RaftClient::new(
+        1,
+        tikv::server::ConnectionBuilder::new(env(), fast_cfg(), r, ext.clone())
+            .security(intruder.clone())
+            .logger(log.logger()),
+    );
+    c.send(msg(1, 1, 2)).unwrap();
+    c.flush();
+    wait_until(T, "the message reported, not delivered", || {
+        c.stats().reported_unreachable >= 1
+    });
+    assert_eq!(node.ext.fed_count(), 0);
+    c.stop();
+    assert_balanced(&c);
+}
+
+#[test]
+fn rotated_certificates_are_used_by_the_next_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("lab-ca");
+    let pd_sec = mgr(&allowed(certs(dir.path(), &ca, "pd", "pd"), &["client-a"]));
+    let pd = pd_tls(NotFoundShape::Header, &pd_sec);
+    pd.add_store(1, "127.0.0.1:20160");
+    let addr = pd.endpoints()[0].clone();
+
+    // Client side: a client on certificate A works; the files are
+    // rotated to certificate B (a CN the server does not allow): the next
+    // connection carries B and is refused, the open one keeps working.
+    let client_cfg = certs(dir.path(), &ca, "client", "client-a");
+    let client_sec = mgr(&client_cfg);
+    let old = try_pd_client(&pd, &client_sec).unwrap();
+    assert!(old.get_store(1).is_ok());
+    let b = certs(dir.path(), &ca, "client-b", "client-b");
+    copy_set(&b, &client_cfg);
+    assert_eq!(
+        raw_get_members(&addr, &client_sec),
+        RpcStatusCode::PERMISSION_DENIED
+    );
+    assert!(
+        old.get_store(1).is_ok(),
+        "the open connection keeps its handshake"
+    );
+
+    // Server side: the PD's files are rotated to a new CA's set. Clients
+    // trusting only the old CA are refused on new connections; clients of
+    // the new CA get in; the old connection keeps working.
+    let new_ca = Ca::new("new-ca");
+    copy_set(
+        &certs(dir.path(), &new_ca, "pd-next", "pd"),
+        pd_sec.config(),
+    );
+    let old_ca_client = mgr(&certs(dir.path(), &ca, "old-a", "client-a"));
+    assert_eq!(
+        raw_get_members(&addr, &old_ca_client),
+        RpcStatusCode::UNAVAILABLE
+    );
+    let new_ca_client = mgr(&certs(dir.path(), &new_ca, "new-a", "client-a"));
+    assert_eq!(raw_get_members(&addr, &new_ca_client), RpcStatusCode::OK);
+    assert!(old.get_store(1).is_ok(), "the open connection still works");
+}
+
+#[test]
+fn resolver_over_tls_reads_the_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("lab-ca");
+    let sec = mgr(&certs(dir.path(), &ca, "tikv", "tikv"));
+    let pd = pd_tls(NotFoundShape::GrpcStatus, &sec);
+    pd.add_store(3, "127.0.0.1:20163");
+    let ext = tikv::server::RecordingExtension::new();
+    let w = Worker::new("addr-resolver");
+    let r = resolve::new_resolver_with(
+        pd_client_with(&pd, &sec),
+        &w,
+        ext,
+        ResolverConfig::default(),
+        tikv_util::logger::discard(),
+    );
+    assert_eq!(resolve_blocking(&r, 3, T).unwrap(), "127.0.0.1:20163");
+}
