@@ -33,6 +33,12 @@ fn server(args: &[&str]) -> Command {
     c
 }
 
+fn test_pd(args: &[&str]) -> Command {
+    let mut c = Command::new(bin("test-pd").unwrap());
+    c.args(args);
+    c
+}
+
 fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
@@ -315,19 +321,9 @@ fn test_pd_http_api_answers_as_pd() {
     );
 
     // test-pd's own bad input.
-    let mut c = Command::new(bin("test-pd").unwrap());
-    c.args(["--members", "0"]);
-    let f = run_to_exit(c, EXIT).unwrap();
+    let f = run_to_exit(test_pd(&["--members", "0"]), EXIT).unwrap();
     fails_with(&f, &["--members"]);
-    let f = run_to_exit(
-        {
-            let mut c = Command::new(bin("test-pd").unwrap());
-            c.args(["--addr", &lab.pd_endpoints]);
-            c
-        },
-        EXIT,
-    )
-    .unwrap();
+    let f = run_to_exit(test_pd(&["--addr", &lab.pd_endpoints]), EXIT).unwrap();
     fails_with(&f, &["bind PD member"]);
 }
 
@@ -416,14 +412,6 @@ fn lab_cluster_over_mutual_tls() {
     );
     let f = run_to_exit(server(&["--config", &half]), EXIT).unwrap();
     fails_with(&f, &["[security] key-path is empty"]);
-    let f = run_to_exit(
-        {
-            let mut c = Command::new(bin("test-pd").unwrap());
-            c.args(["--addr", "127.0.0.1:0", "--config", &half]);
-            c
-        },
-        EXIT,
-    )
-    .unwrap();
+    let f = run_to_exit(test_pd(&["--addr", "127.0.0.1:0", "--config", &half]), EXIT).unwrap();
     fails_with(&f, &["[security] key-path is empty"]);
 }

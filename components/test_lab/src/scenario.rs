@@ -66,6 +66,15 @@ fn in_not_found(v: &Value, id: u64) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether any of `stores` has `id` in its tombstone set (or cannot say).
+fn tombstoned_anywhere(lab: &Lab, stores: &[u64], id: u64) -> bool {
+    stores.iter().any(|&s| {
+        lab.raft_client(s)
+            .map(|v| ids(&v["pool"]["tombstones"]).contains(&id))
+            .unwrap_or(true)
+    })
+}
+
 fn ms(d: Duration) -> String {
     format!("{}ms", d.as_millis())
 }
@@ -282,11 +291,7 @@ pub fn removed_store_walk(flavor: &str, progress: Progress) -> Result<Report, St
             both.then_some(())
         },
     );
-    let tomb = [a, b].iter().any(|&s| {
-        lab.raft_client(s)
-            .map(|v| ids(&v["pool"]["tombstones"]).contains(&d))
-            .unwrap_or(true)
-    });
+    let tomb = tombstoned_anywhere(&lab, &[a, b], d);
     r.check(
         "cold start",
         "peers on an unregistered store: not-found episode, not tombstone",
@@ -311,11 +316,7 @@ pub fn removed_store_walk(flavor: &str, progress: Progress) -> Result<Report, St
         let v = lab.raft_client(d).ok()?;
         (received_from(&v, a) > 0 && received_from(&v, b) > 0).then(|| registered.elapsed())
     });
-    let tomb = [a, b].iter().any(|&s| {
-        lab.raft_client(s)
-            .map(|v| ids(&v["pool"]["tombstones"]).contains(&d))
-            .unwrap_or(true)
-    });
+    let tomb = tombstoned_anywhere(&lab, &[a, b], d);
     r.check(
         "cold start",
         &format!(
