@@ -399,7 +399,10 @@ fn lab_cluster_over_mutual_tls() {
         .arg("--data-dir")
         .arg(dir.path().join("plain"));
     let f = run_to_exit(plain, EXIT).unwrap();
-    fails_with(&f, &["cannot connect to PD"]);
+    fails_with(
+        &f,
+        &["cannot connect to PD", "if PD requires TLS, set [security]"],
+    );
 
     // A half-filled [security] is refused before anything starts.
     let half = write(

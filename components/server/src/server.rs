@@ -109,10 +109,16 @@ impl TikvServer {
                 logger.clone(),
             )
             .map_err(|e| {
+                let hint = match (security.is_tls(), e.is_transport()) {
+                    (true, true) => " (with [security] set: does PD serve TLS with a certificate signed by ca-path, and accept ours?)",
+                    (false, true) => " (if PD requires TLS, set [security] ca-path, cert-path and key-path)",
+                    _ => "",
+                };
                 format!(
-                    "cannot connect to PD at {}: {}",
+                    "cannot connect to PD at {}: {}{}",
                     cfg.pd.endpoints.join(","),
-                    e
+                    e,
+                    hint
                 )
             })?,
         );
