@@ -150,15 +150,25 @@ fn refusals_are_clear_and_fast() {
     let ok = mgr(&certs(dir.path(), &ca, "tikv", "tikv"));
     assert_eq!(raw_get_members(&addr, &ok), RpcStatusCode::OK);
 
-    // A CN not in cert-allowed-cn: PERMISSION_DENIED, and the PD client
-    // says so instead of retrying.
+    // As upstream (tikv/tikv components/security `match_peer_names`), an
+    // allowed name matches a CN that contains it.
+    let ok_too = mgr(&certs(dir.path(), &ca, "tikv-1", "tikv-store-1"));
+    assert_eq!(raw_get_members(&addr, &ok_too), RpcStatusCode::OK);
+
+    // A CN not in cert-allowed-cn: upstream's UNAUTHENTICATED and text,
+    // and the PD client says so instead of retrying.
     let intruder = mgr(&certs(dir.path(), &ca, "intruder", "intruder"));
     assert_eq!(
         raw_get_members(&addr, &intruder),
-        RpcStatusCode::PERMISSION_DENIED
+        RpcStatusCode::UNAUTHENTICATED
     );
-    let e = try_pd_client(&pd, &intruder).err().unwrap();
-    assert!(format!("{:?}", e).contains("cert-allowed-cn"), "{:?}", e);
+    let e = format!("{:?}", try_pd_client(&pd, &intruder).err().unwrap());
+    assert!(
+        e.contains("Common name check fail, reason: x509_common_name from peer is intruder")
+            && e.contains("cert_allowed_cn"),
+        "{}",
+        e
+    );
 
     // A certificate another CA signed (trusting the right CA): refused at
     // the handshake.
@@ -190,7 +200,7 @@ fn refusals_are_clear_and_fast() {
     assert!(try_pd_client(&plain_pd, &ok).err().unwrap().is_transport());
     assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
 
-    // The raft service refuses a CN not allowed with PERMISSION_DENIED too,
+    // The raft service refuses a CN not allowed with UNAUTHENTICATED too,
     // and the raft client reports the messages instead of delivering them.
     let store_sec = mgr(&allowed(certs(dir.path(), &ca, "store", "tikv"), &["tikv"]));
     let pd2 = pd_tls(NotFoundShape::Header, &store_sec);
@@ -252,7 +262,7 @@ fn rotated_certificates_are_used_by_the_next_connection() {
     copy_set(&b, &client_cfg);
     assert_eq!(
         raw_get_members(&addr, &client_sec),
-        RpcStatusCode::PERMISSION_DENIED
+        RpcStatusCode::UNAUTHENTICATED
     );
     assert!(
         old.get_store(1).is_ok(),

@@ -303,8 +303,15 @@ pub fn peer_common_name(ctx: &RpcContext<'_>) -> Option<String> {
     cn
 }
 
-/// Refuses calls whose client certificate common name is not allowed
-/// (upstream: `security::check_common_name`), with PERMISSION_DENIED.
+/// Whether `cn` is allowed: as upstream's `match_peer_names` (tikv/tikv
+/// components/security), an allowed name matches any CN containing it.
+pub fn cn_allowed(allowed: &HashSet<String>, cn: &str) -> bool {
+    allowed.iter().any(|a| cn.contains(a.as_str()))
+}
+
+/// Refuses calls whose client certificate common name is not allowed, as
+/// upstream's `CnChecker` does: UNAUTHENTICATED, "Common name check fail,
+/// reason: ..., cert_allowed_cn: ...".
 #[derive(Clone)]
 pub struct CnChecker {
     allowed: Arc<HashSet<String>>,
@@ -312,16 +319,18 @@ pub struct CnChecker {
 
 impl ServerChecker for CnChecker {
     fn check(&mut self, ctx: &RpcContext) -> CheckResult {
-        match peer_common_name(ctx) {
-            Some(cn) if self.allowed.contains(&cn) => CheckResult::Continue,
-            cn => CheckResult::Abort(RpcStatus::with_message(
-                RpcStatusCode::PERMISSION_DENIED,
-                format!(
-                    "common name check failed: client certificate CN {:?} is not in cert-allowed-cn",
-                    cn.unwrap_or_default()
-                ),
-            )),
-        }
+        let reason = match peer_common_name(ctx) {
+            Some(cn) if cn_allowed(&self.allowed, &cn) => return CheckResult::Continue,
+            Some(cn) => format!("x509_common_name from peer is {}", cn),
+            None => "x509_common_name doesn't exist".to_owned(),
+        };
+        CheckResult::Abort(RpcStatus::with_message(
+            RpcStatusCode::UNAUTHENTICATED,
+            format!(
+                "Common name check fail, reason: {}, cert_allowed_cn: {:?}",
+                reason, self.allowed
+            ),
+        ))
     }
 
     fn box_clone(&self) -> Box<dyn ServerChecker> {
