@@ -41,6 +41,17 @@ fn not_found_store(id: u64) -> Response<Body> {
     )
 }
 
+/// PD's answer about a Tombstone store (`errs.ErrStoreRemoved`, 410).
+fn removed_store(id: u64) -> Response<Body> {
+    reply(
+        StatusCode::GONE,
+        &json!(format!(
+            "[PD:core:ErrStoreRemoved]store {} has been removed",
+            id
+        )),
+    )
+}
+
 fn state_name(s: StoreState) -> &'static str {
     match s {
         StoreState::Up => "Up",
@@ -197,13 +208,7 @@ fn delete_store(pd: &PdServer, id: u64, req: &Request<Body>) -> Response<Body> {
         return not_found_store(id);
     };
     if s.get_state() == StoreState::Tombstone {
-        return reply(
-            StatusCode::GONE,
-            &json!(format!(
-                "[PD:core:ErrStoreRemoved]store {} has been removed",
-                id
-            )),
-        );
+        return removed_store(id);
     }
     let force = query(req).iter().any(|(k, v)| k == "force" && v != "false");
     let empty = pd
@@ -240,13 +245,7 @@ fn set_state(pd: &PdServer, id: u64, req: &Request<Body>) -> Response<Body> {
     };
     match pd.get_store(id) {
         None => not_found_store(id),
-        Some(s) if s.get_state() == StoreState::Tombstone => reply(
-            StatusCode::GONE,
-            &json!(format!(
-                "[PD:core:ErrStoreRemoved]store {} has been removed",
-                id
-            )),
-        ),
+        Some(s) if s.get_state() == StoreState::Tombstone => removed_store(id),
         Some(_) => {
             pd.set_store_state(id, state);
             ok(json!("The store's state is updated."))

@@ -389,6 +389,28 @@ impl RpcClient {
         &self.shared.stats
     }
 
+    /// A request header for this cluster.
+    fn header(&self) -> pdpb::RequestHeader {
+        header(self.shared.cluster_id)
+    }
+
+    /// One blocking unary call: sent to the leader with `request`'s retry
+    /// policy, its answer checked by `check` (given the cluster id), and
+    /// failures counted under `method`.
+    fn unary<Req, Resp: Unpin, T>(
+        &self,
+        method: &'static str,
+        req: Req,
+        rpc: fn(&pdpb::PdClient, &Req, CallOption) -> grpcio::Result<ClientUnaryReceiver<Resp>>,
+        check: impl FnOnce(Resp, u64) -> Result<T>,
+    ) -> Result<T> {
+        let shared = self.shared.clone();
+        let cluster_id = shared.cluster_id;
+        let r = block_on(shared.request(method, move |c, opt| rpc(c, &req, opt)))
+            .and_then(|resp| check(resp, cluster_id));
+        observe(method, r)
+    }
+
     /// Forces a (throttled) reconnect to the leader.
     pub fn reconnect(&self) -> Result<()> {
         block_on(self.shared.reconnect())
@@ -433,113 +455,87 @@ impl PdClient for RpcClient {
     }
 
     fn get_all_stores(&self, exclude_tombstone: bool) -> Result<Vec<metapb::Store>> {
-        let shared = self.shared.clone();
-        let cluster_id = shared.cluster_id;
-        block_on(async move {
-            let mut req = pdpb::GetAllStoresRequest::default();
-            req.set_header(header(cluster_id));
-            req.set_exclude_tombstone_stores(exclude_tombstone);
-            let r = shared
-                .request("get_all_stores", move |c, opt| {
-                    c.get_all_stores_async_opt(&req, opt)
-                })
-                .await
-                .and_then(|mut resp| {
-                    check_resp_header(resp.get_header(), cluster_id, None)?;
-                    Ok(resp.take_stores().into_vec())
-                });
-            observe("get_all_stores", r)
-        })
+        let mut req = pdpb::GetAllStoresRequest::default();
+        req.set_header(self.header());
+        req.set_exclude_tombstone_stores(exclude_tombstone);
+        self.unary(
+            "get_all_stores",
+            req,
+            pdpb::PdClient::get_all_stores_async_opt,
+            |mut resp, cid| {
+                check_resp_header(resp.get_header(), cid, None)?;
+                Ok(resp.take_stores().into_vec())
+            },
+        )
     }
 
     fn put_store(&self, store: metapb::Store) -> Result<()> {
-        let shared = self.shared.clone();
-        let cluster_id = shared.cluster_id;
-        block_on(async move {
-            let store_id = store.get_id();
-            let mut req = pdpb::PutStoreRequest::default();
-            req.set_header(header(cluster_id));
-            req.set_store(store);
-            let r = shared
-                .request("put_store", move |c, opt| c.put_store_async_opt(&req, opt))
-                .await
-                .and_then(|resp| check_resp_header(resp.get_header(), cluster_id, Some(store_id)));
-            observe("put_store", r)
-        })
+        let store_id = store.get_id();
+        let mut req = pdpb::PutStoreRequest::default();
+        req.set_header(self.header());
+        req.set_store(store);
+        self.unary(
+            "put_store",
+            req,
+            pdpb::PdClient::put_store_async_opt,
+            |resp, cid| check_resp_header(resp.get_header(), cid, Some(store_id)),
+        )
     }
 
     fn alloc_id(&self) -> Result<u64> {
-        let shared = self.shared.clone();
-        let cluster_id = shared.cluster_id;
-        block_on(async move {
-            let mut req = pdpb::AllocIDRequest::default();
-            req.set_header(header(cluster_id));
-            let r = shared
-                .request("alloc_id", move |c, opt| c.alloc_id_async_opt(&req, opt))
-                .await
-                .and_then(|resp| {
-                    check_resp_header(resp.get_header(), cluster_id, None)?;
-                    match resp.get_id() {
-                        0 => Err(crate::errors::other("PD allocated id 0")),
-                        id => Ok(id),
-                    }
-                });
-            observe("alloc_id", r)
-        })
+        let mut req = pdpb::AllocIDRequest::default();
+        req.set_header(self.header());
+        self.unary(
+            "alloc_id",
+            req,
+            pdpb::PdClient::alloc_id_async_opt,
+            |resp, cid| {
+                check_resp_header(resp.get_header(), cid, None)?;
+                match resp.get_id() {
+                    0 => Err(crate::errors::other("PD allocated id 0")),
+                    id => Ok(id),
+                }
+            },
+        )
     }
 
     fn is_cluster_bootstrapped(&self) -> Result<bool> {
-        let shared = self.shared.clone();
-        let cluster_id = shared.cluster_id;
-        block_on(async move {
-            let mut req = pdpb::IsBootstrappedRequest::default();
-            req.set_header(header(cluster_id));
-            let r = shared
-                .request("is_cluster_bootstrapped", move |c, opt| {
-                    c.is_bootstrapped_async_opt(&req, opt)
-                })
-                .await
-                .and_then(|resp| {
-                    check_resp_header(resp.get_header(), cluster_id, None)?;
-                    Ok(resp.get_bootstrapped())
-                });
-            observe("is_cluster_bootstrapped", r)
-        })
+        let mut req = pdpb::IsBootstrappedRequest::default();
+        req.set_header(self.header());
+        self.unary(
+            "is_cluster_bootstrapped",
+            req,
+            pdpb::PdClient::is_bootstrapped_async_opt,
+            |resp, cid| {
+                check_resp_header(resp.get_header(), cid, None)?;
+                Ok(resp.get_bootstrapped())
+            },
+        )
     }
 
     fn bootstrap_cluster(&self, store: metapb::Store, region: metapb::Region) -> Result<()> {
-        let shared = self.shared.clone();
-        let cluster_id = shared.cluster_id;
-        block_on(async move {
-            let mut req = pdpb::BootstrapRequest::default();
-            req.set_header(header(cluster_id));
-            req.set_store(store);
-            req.set_region(region);
-            let r = shared
-                .request("bootstrap_cluster", move |c, opt| {
-                    c.bootstrap_async_opt(&req, opt)
-                })
-                .await
-                .and_then(|resp| check_resp_header(resp.get_header(), cluster_id, None));
-            observe("bootstrap_cluster", r)
-        })
+        let mut req = pdpb::BootstrapRequest::default();
+        req.set_header(self.header());
+        req.set_store(store);
+        req.set_region(region);
+        self.unary(
+            "bootstrap_cluster",
+            req,
+            pdpb::PdClient::bootstrap_async_opt,
+            |resp, cid| check_resp_header(resp.get_header(), cid, None),
+        )
     }
 
     fn store_heartbeat(&self, stats: pdpb::StoreStats) -> Result<()> {
-        let shared = self.shared.clone();
-        let cluster_id = shared.cluster_id;
-        block_on(async move {
-            let store_id = stats.get_store_id();
-            let mut req = pdpb::StoreHeartbeatRequest::default();
-            req.set_header(header(cluster_id));
-            req.set_stats(stats);
-            let r = shared
-                .request("store_heartbeat", move |c, opt| {
-                    c.store_heartbeat_async_opt(&req, opt)
-                })
-                .await
-                .and_then(|resp| check_resp_header(resp.get_header(), cluster_id, Some(store_id)));
-            observe("store_heartbeat", r)
-        })
+        let store_id = stats.get_store_id();
+        let mut req = pdpb::StoreHeartbeatRequest::default();
+        req.set_header(self.header());
+        req.set_stats(stats);
+        self.unary(
+            "store_heartbeat",
+            req,
+            pdpb::PdClient::store_heartbeat_async_opt,
+            |resp, cid| check_resp_header(resp.get_header(), cid, Some(store_id)),
+        )
     }
 }

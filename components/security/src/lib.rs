@@ -298,9 +298,11 @@ pub fn peer_common_name(ctx: &RpcContext<'_>) -> Option<String> {
     let auth = ctx.auth_context()?;
     let cn = auth
         .into_iter()
-        .find(|p| p.name() == "x509_common_name")
-        .and_then(|p| p.value_str().ok().map(str::to_owned));
-    cn
+        .find(|p| p.name() == "x509_common_name")?
+        .value_str()
+        .ok()?
+        .to_owned();
+    Some(cn)
 }
 
 /// Whether `cn` is allowed: as upstream's `match_peer_names` (tikv/tikv

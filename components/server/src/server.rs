@@ -73,11 +73,12 @@ impl StatusSource for Source {
     }
 
     fn raft_client(&self) -> serde_json::Value {
+        let stats = self.client.stats();
         let mut v = serde_json::json!({
             "store_id": self.store_id,
             "pool": self.client.pool_view(),
-            "stats": self.client.stats(),
-            "balanced": self.client.stats().balanced(),
+            "stats": stats,
+            "balanced": stats.balanced(),
         });
         v["traffic"] = self.traffic.lock().unwrap().view();
         v

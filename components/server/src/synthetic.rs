@@ -25,6 +25,11 @@ pub fn peer_id(region_id: u64, store_id: u64) -> u64 {
     (region_id << 32) | (store_id & 0xFFFF_FFFF)
 }
 
+/// The store of a peer id made by [`peer_id`].
+pub fn store_of_peer(peer_id: u64) -> u64 {
+    peer_id & 0xFFFF_FFFF
+}
+
 /// A heartbeat (or its response) from `from` to `to` of `region_id`.
 pub fn heartbeat(region_id: u64, from: u64, to: u64, t: MessageType) -> RaftMessage {
     let mut m = RaftMessage::default();
@@ -60,20 +65,22 @@ pub struct Reports {
 #[derive(Clone)]
 pub struct StoreRouter {
     reports: Arc<Mutex<Reports>>,
-    regions: Arc<Mutex<Regions>>,
     answers: Sender<RaftMessage>,
+}
+
+impl StoreRouter {
+    /// Adds one to the counter `pick` chooses, for `store_id`.
+    fn count(&self, pick: fn(&mut Reports) -> &mut BTreeMap<u64, u64>, store_id: u64) {
+        *pick(&mut self.reports.lock().unwrap())
+            .entry(store_id)
+            .or_default() += 1;
+    }
 }
 
 impl RaftExtension for StoreRouter {
     fn feed(&self, msg: RaftMessage) {
         let from = msg.get_from_peer().get_store_id();
-        *self
-            .reports
-            .lock()
-            .unwrap()
-            .received_from
-            .entry(from)
-            .or_default() += 1;
+        self.count(|r| &mut r.received_from, from);
         if msg.get_message().get_msg_type() == MessageType::MsgHeartbeat {
             let to = msg.get_to_peer().get_store_id();
             let _ = self.answers.send(heartbeat(
@@ -85,32 +92,13 @@ impl RaftExtension for StoreRouter {
         }
     }
     fn report_store_unreachable(&self, store_id: u64) {
-        *self
-            .reports
-            .lock()
-            .unwrap()
-            .store_unreachable
-            .entry(store_id)
-            .or_default() += 1;
+        self.count(|r| &mut r.store_unreachable, store_id);
     }
     fn report_store_maybe_tombstone(&self, store_id: u64) {
-        *self
-            .reports
-            .lock()
-            .unwrap()
-            .maybe_tombstone
-            .entry(store_id)
-            .or_default() += 1;
+        self.count(|r| &mut r.maybe_tombstone, store_id);
     }
-    fn report_unreachable(&self, region_id: u64, to_peer_id: u64) {
-        let store = self.regions.lock().unwrap().store_of(region_id, to_peer_id);
-        *self
-            .reports
-            .lock()
-            .unwrap()
-            .unreachable
-            .entry(store.unwrap_or(0))
-            .or_default() += 1;
+    fn report_unreachable(&self, _region_id: u64, to_peer_id: u64) {
+        self.count(|r| &mut r.unreachable, store_of_peer(to_peer_id));
     }
 }
 
@@ -122,14 +110,6 @@ pub struct Regions {
 }
 
 impl Regions {
-    fn store_of(&self, region_id: u64, peer: u64) -> Option<u64> {
-        self.peers
-            .get(&region_id)?
-            .iter()
-            .copied()
-            .find(|s| peer_id(region_id, *s) == peer)
-    }
-
     /// Places up to `replicas` peers of each region on `stores` (a rotation
     /// by region id) and keeps every peer placed before.
     pub fn place(&mut self, count: u64, stores: &[u64], replicas: usize) {
@@ -189,7 +169,6 @@ pub fn router() -> (StoreRouter, Receiver<RaftMessage>) {
     let (tx, rx) = channel::unbounded();
     let r = StoreRouter {
         reports: Arc::default(),
-        regions: Arc::default(),
         answers: tx,
     };
     (r, rx)
@@ -201,7 +180,7 @@ impl Traffic {
     pub fn new(me: u64, router: &StoreRouter) -> Traffic {
         Traffic {
             me,
-            regions: router.regions.clone(),
+            regions: Arc::default(),
             reports: router.reports.clone(),
             stats: Arc::default(),
             stop: Arc::default(),
@@ -394,7 +373,6 @@ mod tests {
     #[test]
     fn heartbeats_are_answered_and_reports_counted_by_store() {
         let (router, inbox) = router();
-        router.regions.lock().unwrap().place(1, &[1, 2], 3);
         router.feed(heartbeat(1, 2, 1, MessageType::MsgHeartbeat));
         router.feed(heartbeat(1, 2, 1, MessageType::MsgHeartbeatResponse));
         let answer = inbox.try_recv().unwrap();

@@ -147,19 +147,24 @@ impl LabProcess {
     /// Waits up to `timeout` for the process to exit; `None` if it did not
     /// (it is then killed).
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        let mut child = self.child.take()?;
-        loop {
-            if let Ok(Some(st)) = child.try_wait() {
-                return Some(st);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        wait_or_kill(&mut self.child.take()?, timeout)
+    }
+}
+
+/// Polls `child` until it exits (its status) or `timeout` passes (it is
+/// then killed and reaped: `None`).
+fn wait_or_kill(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
         }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -190,18 +195,7 @@ pub fn run_to_exit(mut cmd: Command, timeout: Duration) -> Result<Finished, Stri
         .stderr(std::fs::File::create(&err).map_err(|e| e.to_string())?)
         .spawn()
         .map_err(|e| format!("spawn {:?}: {}", cmd, e))?;
-    let deadline = Instant::now() + timeout;
-    let code = loop {
-        if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
-            break st.code();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let code = wait_or_kill(&mut child, timeout).and_then(|st| st.code());
     Ok(Finished {
         code,
         stdout: std::fs::read_to_string(&out).unwrap_or_default(),

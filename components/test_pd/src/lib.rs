@@ -239,19 +239,15 @@ impl Server {
 
     /// Marks a store Offline (being decommissioned).
     pub fn set_offline(&self, id: u64) {
-        self.cluster.update_store(id, |s| {
-            s.set_state(metapb::StoreState::Offline);
-            s.set_node_state(metapb::NodeState::Removing);
-        });
+        let known = self.set_store_state(id, metapb::StoreState::Offline);
+        assert!(known, "test PD does not know store {}", id);
     }
 
     /// Marks a store Tombstone (node_state Removed), as PD does once every
     /// region has left it.
     pub fn bury(&self, id: u64) {
-        self.cluster.update_store(id, |s| {
-            s.set_state(metapb::StoreState::Tombstone);
-            s.set_node_state(metapb::NodeState::Removed);
-        });
+        let known = self.set_store_state(id, metapb::StoreState::Tombstone);
+        assert!(known, "test PD does not know store {}", id);
     }
 
     /// `pd-ctl store remove-tombstone`: forgets a Tombstone store, after
