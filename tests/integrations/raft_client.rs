@@ -101,7 +101,7 @@ fn falls_back_to_raft_when_batch_raft_is_unimplemented() {
         ..Default::default()
     };
     let shapes = [
-        (Receiver::Ours, unregistered),
+        (Receiver::Ours, unregistered.clone()),
         (Receiver::Upstream, unregistered),
         (Receiver::Upstream, by_default),
         (Receiver::Upstream, cancels_first),
@@ -110,7 +110,7 @@ fn falls_back_to_raft_when_batch_raft_is_unimplemented() {
         for round in 0..5 {
             let pd = PdServer::single();
             let opts = NodeOptions {
-                peer,
+                peer: peer.clone(),
                 ..Default::default()
             };
             let node = Node::start_with(kind, 2, "127.0.0.1:0", opts);

@@ -242,6 +242,64 @@ fn refusals_are_clear_and_fast() {
     assert_balanced(&c);
 }
 
+/// Both receivers over mutual TLS: ours and the one that ends calls as an
+/// unpatched TiKV does; an allowed CN delivers, another is refused with
+/// upstream's UNAUTHENTICATED and what was sent is reported, not lost.
+#[test]
+fn raft_client_over_mtls_to_both_receivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("lab-ca");
+    let server_sec = mgr(&allowed(certs(dir.path(), &ca, "store", "tikv"), &["tikv"]));
+    let pd = pd_tls(NotFoundShape::Header, &server_sec);
+    let ok = mgr(&certs(dir.path(), &ca, "tikv-1", "tikv-1"));
+    let intruder = mgr(&certs(dir.path(), &ca, "intruder", "intruder"));
+    for kind in RECEIVERS {
+        let node = Node::start_with(
+            kind,
+            2,
+            "127.0.0.1:0",
+            NodeOptions {
+                security: Some(server_sec.clone()),
+                ..Default::default()
+            },
+        );
+        pd.add_store(2, &node.addr());
+        for (client_sec, delivers) in [(&ok, true), (&intruder, false)] {
+            let before = node.ext.fed_count();
+            let ext = tikv::server::RecordingExtension::new();
+            let w = Worker::new("addr-resolver");
+            let log = LogCapture::new();
+            let r = resolve::new_resolver_with(
+                pd_client_with(&pd, &server_sec),
+                &w,
+                ext.clone(),
+                ResolverConfig::default(),
+                log.logger(),
+            );
+            let mut c = tikv::server::RaftClient::new(
+                1,
+                tikv::server::ConnectionBuilder::new(env(), fast_cfg(), r, ext)
+                    .security(client_sec.clone())
+                    .logger(log.logger()),
+            );
+            c.send(msg(1, 1, 2)).unwrap();
+            c.flush();
+            if delivers {
+                wait_until(T, "delivered over TLS", || {
+                    node.ext.fed_count() == before + 1
+                });
+            } else {
+                wait_until(T, "reported, not delivered", || {
+                    c.stats().reported_unreachable >= 1
+                });
+                assert_eq!(node.ext.fed_count(), before, "{:?}", kind);
+            }
+            c.stop();
+            assert_balanced(&c);
+        }
+    }
+}
+
 #[test]
 fn rotated_certificates_are_used_by_the_next_connection() {
     let dir = tempfile::tempdir().unwrap();

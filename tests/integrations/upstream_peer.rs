@@ -23,10 +23,11 @@ use std::sync::{Arc, Mutex};
 use futures::{FutureExt, TryStreamExt};
 use grpcio::{
     ClientStreamingSink, Environment, Marshaller, Method, MethodType, RequestStream, RpcContext,
-    RpcStatus, RpcStatusCode, Server, ServerBuilder, ServerCredentials, ServiceBuilder,
+    RpcStatus, RpcStatusCode, Server, ServerBuilder, ServiceBuilder,
 };
 use kvproto::raft_serverpb::{Done, RaftMessage};
 use kvproto::tikvpb::BatchRaftMessage;
+use security::SecurityManager;
 use tikv::server::{RaftExtension, RecordingExtension};
 
 const RAFT: Method<RaftMessage, Done> = Method {
@@ -72,7 +73,7 @@ enum ServerError {
 }
 
 /// How the peer behaves.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct PeerOptions {
     /// The peer predates `BatchRaft`: the method is not registered.
     pub no_batch_raft: bool,
@@ -88,6 +89,10 @@ pub struct PeerOptions {
     pub require_source_store_id: bool,
     /// Accept connections, fail every call at once.
     pub fail_every_call: bool,
+    /// Serve `[security]` as an upstream store does (tikv/tikv
+    /// components/security `bind`: mutual TLS, `cert-allowed-cn` checked
+    /// on every call, UNAUTHENTICATED otherwise); plaintext when `None`.
+    pub security: Option<Arc<SecurityManager>>,
 }
 
 #[derive(Default)]
@@ -267,6 +272,7 @@ impl UpstreamPeer {
     /// Serves store `store_id`'s raft service on `addr` (port 0: any),
     /// feeding `ext`.
     pub fn start(store_id: u64, addr: &str, opts: PeerOptions, ext: RecordingExtension) -> Self {
+        let (no_batch_raft, security) = (opts.no_batch_raft, opts.security.clone());
         let peer = Peer {
             store_id,
             opts,
@@ -276,18 +282,18 @@ impl UpstreamPeer {
         let p = peer.clone();
         let mut svc = ServiceBuilder::new()
             .add_client_streaming_handler(&RAFT, move |ctx, req, sink| p.raft(ctx, req, sink));
-        if !opts.no_batch_raft {
+        if !no_batch_raft {
             let p = peer.clone();
             svc = svc.add_client_streaming_handler(&BATCH_RAFT, move |ctx, req, sink| {
                 p.batch_raft(ctx, req, sink)
             });
         }
-        let mut server = ServerBuilder::new(Arc::new(Environment::new(2)))
-            .register_service(svc.build())
-            .build()
-            .unwrap();
+        let sec = security.unwrap_or_else(SecurityManager::plaintext);
+        let builder =
+            ServerBuilder::new(Arc::new(Environment::new(2))).register_service(svc.build());
+        let mut server = sec.bind(builder).build().unwrap();
         let port = server
-            .add_listening_port(addr, ServerCredentials::insecure())
+            .add_listening_port(addr, sec.server_credentials())
             .unwrap();
         server.start();
         let host = addr.rsplit_once(':').unwrap().0;

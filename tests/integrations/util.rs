@@ -119,7 +119,8 @@ pub struct NodeOptions {
     pub peer: PeerOptions,
     /// Our service only: evidence-of-life hook.
     pub alive: Option<StoreAliveHook>,
-    /// Our service only: `[security]` (plaintext when `None`).
+    /// `[security]` of the receiver, ours or the upstream-like one
+    /// (plaintext when `None`).
     pub security: Option<Arc<SecurityManager>>,
 }
 
@@ -168,11 +169,11 @@ impl Node {
             }
             Receiver::Upstream => {
                 assert!(opts.alive.is_none(), "upstream has no alive hook");
-                assert!(
-                    opts.security.is_none(),
-                    "the upstream peer serves plaintext"
-                );
-                Receiving::Upstream(UpstreamPeer::start(store_id, addr, opts.peer, ext.clone()))
+                let peer = PeerOptions {
+                    security: opts.security.or(opts.peer.security),
+                    ..opts.peer
+                };
+                Receiving::Upstream(UpstreamPeer::start(store_id, addr, peer, ext.clone()))
             }
         };
         Node {
