@@ -272,12 +272,8 @@ pub fn removed_store_walk(flavor: &str, progress: Progress) -> Result<Report, St
     .map_err(|e| format!("PD client: {}", e))?;
     let d = pd.alloc_id().map_err(|e| format!("alloc id: {}", e))?;
     for s in [a, b] {
-        let url = format!(
-            "http://{}/debug/synthetic/peer_store/{}",
-            lab.store(s)?.status,
-            d
-        );
-        crate::http::request("PUT", &url, "")?;
+        let url = lab.status_url(s, &format!("/debug/synthetic/peer_store/{}", d))?;
+        lab.http.request("PUT", &url, "")?;
     }
     let episode = progress.wait(
         "a not-found episode for the unregistered store",
@@ -361,7 +357,13 @@ pub fn removed_store_walk(flavor: &str, progress: Progress) -> Result<Report, St
         ),
         status.map(|s| s.success()).unwrap_or(false) && stopped_line.contains("[balanced=true]"),
     );
+    // The kernel may give a freed port straight back to the next bind on
+    // port 0 (it did once in CI, and "new port" failed). Holding the old
+    // port while the store starts leaves the kernel no such choice. Dials
+    // to it meanwhile wait in the backlog and are reset when it is dropped.
+    let hold = std::net::TcpListener::bind(&old.addr).ok();
     let b2 = lab.start_store("store-b")?;
+    drop(hold);
     let new_addr = lab.store(b2)?.addr.clone();
     let restarted = Instant::now();
     let followed = progress.wait("the others following the new address", FOLLOW_BOUND, || {
