@@ -363,3 +363,123 @@ fn resolver_over_tls_reads_the_verdict() {
     );
     assert_eq!(resolve_blocking(&r, 3, T).unwrap(), "127.0.0.1:20163");
 }
+
+/// What the status server shows in these tests.
+struct Shown;
+
+impl server::status_server::StatusSource for Shown {
+    fn status(&self) -> serde_json::Value {
+        serde_json::json!({ "store_id": 7 })
+    }
+    fn raft_client(&self) -> serde_json::Value {
+        serde_json::json!({ "connections": {} })
+    }
+    fn add_peer_store(&self, _: u64) -> usize {
+        0
+    }
+}
+
+fn status_server(sec: &Arc<SecurityManager>) -> server::status_server::StatusServer {
+    server::status_server::StatusServer::start(
+        "127.0.0.1:0",
+        Arc::new(Shown),
+        sec.clone(),
+        tikv_util::logger::discard(),
+    )
+    .unwrap()
+}
+
+fn https(cfg: &SecurityConfig) -> test_lab::http::HttpClient {
+    test_lab::http::HttpClient::with_security(&SecurityManager::new(cfg).unwrap()).unwrap()
+}
+
+/// A client trusting `ca` that presents no certificate.
+fn https_without_cert(ca: &Ca) -> test_lab::http::HttpClient {
+    let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).unwrap();
+    b.cert_store_mut()
+        .add_cert(openssl::x509::X509::from_pem(&ca.pem()).unwrap())
+        .unwrap();
+    test_lab::http::HttpClient::with_connector(b.build())
+}
+
+#[test]
+fn status_server_serves_https_with_upstreams_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("lab-ca");
+    let sec = mgr(&allowed(certs(dir.path(), &ca, "tikv", "tikv"), &["tikv"]));
+    let s = status_server(&sec);
+    let url = |scheme: &str, path: &str| format!("{}://{}{}", scheme, s.addr(), path);
+
+    // An allowed certificate reads everything.
+    let tikv = https(&certs(dir.path(), &ca, "client", "tikv-client"));
+    assert_eq!(
+        tikv.get_json(&url("https", "/status")).unwrap()["store_id"],
+        7
+    );
+    assert!(tikv
+        .get_text(&url("https", "/metrics"))
+        .unwrap()
+        .contains("# TYPE"));
+    assert!(tikv.get_json(&url("https", "/debug/raft_client")).is_ok());
+
+    // Another CN of the same CA: /metrics and /status as upstream, the rest
+    // 403 with upstream's text.
+    let other = https(&certs(dir.path(), &ca, "other", "intruder"));
+    assert!(other.get_text(&url("https", "/metrics")).is_ok());
+    assert!(other.get_json(&url("https", "/status")).is_ok());
+    let (code, body) = other
+        .request("GET", &url("https", "/debug/raft_client"), "")
+        .unwrap();
+    assert_eq!((code, body.as_str()), (403, "certificate role error"));
+    let (code, _) = other
+        .request("PUT", &url("https", "/debug/synthetic/peer_store/9"), "")
+        .unwrap();
+    assert_eq!(code, 403);
+
+    // No certificate, another CA's certificate, plaintext: refused at once
+    // (an error, never a hang nor a timeout).
+    let refused = |c: &test_lab::http::HttpClient, scheme: &str| {
+        // Refused, not left to the client's 5 s timeout.
+        let e = c.get_text(&url(scheme, "/metrics")).unwrap_err();
+        assert!(!e.contains("timed out"), "{}", e);
+    };
+    refused(&https_without_cert(&ca), "https");
+    let foreign = https(&certs(dir.path(), &Ca::new("foreign-ca"), "f", "tikv"));
+    refused(&foreign, "https");
+    refused(&test_lab::http::HttpClient::plain(), "http");
+
+    // Rotated on disk to a new CA: the next connection takes it.
+    let new_ca = Ca::new("new-ca");
+    copy_set(
+        &certs(dir.path(), &new_ca, "tikv-next", "tikv"),
+        sec.config(),
+    );
+    refused(&tikv, "https");
+    let renewed = https(&certs(dir.path(), &new_ca, "client-next", "tikv-client"));
+    assert!(renewed
+        .get_json(&url("https", "/debug/raft_client"))
+        .is_ok());
+}
+
+#[test]
+fn status_server_without_cert_allowed_cn_asks_no_client_certificate() {
+    // Upstream asks for a client certificate only with cert-allowed-cn.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("lab-ca");
+    let sec = mgr(&certs(dir.path(), &ca, "tikv", "tikv"));
+    let s = status_server(&sec);
+    let anyone = https_without_cert(&ca);
+    let v = anyone
+        .get_json(&format!("https://{}/debug/raft_client", s.addr()))
+        .unwrap();
+    assert!(v.get("connections").is_some());
+    // The server's certificate is checked by the client: another CA's
+    // client does not trust it.
+    let stranger = https_without_cert(&Ca::new("foreign-ca"));
+    assert!(stranger
+        .get_text(&format!("https://{}/metrics", s.addr()))
+        .is_err());
+    // Plain HTTP status servers stay plain.
+    let plain = status_server(&SecurityManager::plaintext());
+    assert!(test_lab::http::get_text(&format!("http://{}/metrics", plain.addr())).is_ok());
+}

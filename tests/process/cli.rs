@@ -385,6 +385,24 @@ fn lab_cluster_over_mutual_tls() {
         std::thread::park_timeout(Duration::from_millis(50));
     }
 
+    // The status servers serve HTTPS only (the lab's own reads above went
+    // over it): plain HTTP is refused; a certificate whose CN is not
+    // allowed reads /metrics, not the raft client view.
+    let st = lab.store(a).unwrap().status.clone();
+    assert!(test_lab::http::get_text(&format!("http://{}/metrics", st)).is_err());
+    let intruder = test_lab::http::HttpClient::with_security(
+        &security::SecurityManager::new(&ca.write(dir.path(), "intruder", "intruder")).unwrap(),
+    )
+    .unwrap();
+    assert!(intruder
+        .get_text(&format!("https://{}/metrics", st))
+        .unwrap()
+        .contains("tikv_server_raft_client"));
+    let (code, body) = intruder
+        .request("GET", &format!("https://{}/debug/raft_client", st), "")
+        .unwrap();
+    assert_eq!((code, body.as_str()), (403, "certificate role error"));
+
     // A store without TLS cannot reach the TLS PD: a clear error, exit 1.
     let mut plain = server(&[
         "--pd",

@@ -8,6 +8,7 @@
 
 #![deny(missing_docs)]
 
+pub mod https;
 pub mod test_certs;
 
 use std::collections::HashSet;

@@ -195,7 +195,12 @@ impl TikvServer {
         let status = if cfg.server.status_addr.is_empty() {
             None
         } else {
-            let s = StatusServer::start(&cfg.server.status_addr, source.clone())?;
+            let s = StatusServer::start(
+                &cfg.server.status_addr,
+                source.clone(),
+                security.clone(),
+                logger.clone(),
+            )?;
             let a = with_port(&cfg.server.status_addr, s.addr().port());
             source.meta.lock().unwrap().status_address = a;
             Some(s)

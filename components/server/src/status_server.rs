@@ -2,15 +2,32 @@
 //! hyper): `/metrics`, `/status`, a JSON view of the raft client for
 //! operators and tests, and, with the `failpoints` feature, TiKV's
 //! failpoint endpoints (`PUT`/`DELETE /fail/<name>`, `GET /fail`).
+//!
+//! With certificates in `[security]` it serves HTTPS only, as upstream's
+//! does: the certificates are read again for each connection (a rotation
+//! needs no restart); with `cert-allowed-cn`, a client certificate is
+//! required at the handshake, and every path but `GET /metrics` and
+//! `GET /status` also wants an allowed common name (else 403 "certificate
+//! role error", upstream's text). Like upstream, the failpoint endpoints
+//! are routed before that check.
 
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
-use hyper::service::{make_service_fn, service_fn};
+use hyper::server::conn::Http;
+use hyper::service::service_fn;
 use hyper::{Body, Method, Request, Response, StatusCode};
 use prometheus::{Encoder, TextEncoder};
+use security::SecurityManager;
+use slog::{warn, Logger};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
+
+/// How long a client may take over the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the status server shows; implemented by the running store.
 pub trait StatusSource: Send + Sync + 'static {
@@ -57,10 +74,21 @@ fn metrics() -> Response<Body> {
         .unwrap_or_default()
 }
 
-async fn route(src: Arc<dyn StatusSource>, req: Request<Body>) -> Response<Body> {
+async fn route(
+    src: Arc<dyn StatusSource>,
+    peer_allowed: bool,
+    req: Request<Body>,
+) -> Response<Body> {
     let path = req.uri().path().to_owned();
     if path == "/fail" || path.starts_with("/fail/") {
         return fail_points(req).await;
+    }
+    let open = matches!(
+        (req.method(), path.as_str()),
+        (&Method::GET, "/metrics") | (&Method::GET, "/status")
+    );
+    if !open && !peer_allowed {
+        return text(StatusCode::FORBIDDEN, "certificate role error");
     }
     match (req.method(), path.as_str()) {
         (&Method::GET, "/metrics") => metrics(),
@@ -144,8 +172,17 @@ async fn fail_points(_req: Request<Body>) -> Response<Body> {
 }
 
 impl StatusServer {
-    /// Binds `addr` (port 0 picks a free one) and serves `src`.
-    pub fn start(addr: &str, src: Arc<dyn StatusSource>) -> Result<StatusServer, String> {
+    /// Binds `addr` (port 0 picks a free one) and serves `src`, over HTTPS
+    /// when `security` has certificates.
+    pub fn start(
+        addr: &str,
+        src: Arc<dyn StatusSource>,
+        security: Arc<SecurityManager>,
+        logger: Logger,
+    ) -> Result<StatusServer, String> {
+        // Fail at start, not at the first connection, on certificates
+        // OpenSSL will not take.
+        security.https_acceptor()?;
         let listener = TcpListener::bind(addr)
             .map_err(|e| format!("cannot bind status address {}: {}", addr, e))?;
         let bound = listener
@@ -160,25 +197,32 @@ impl StatusServer {
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the status server runtime: {}", e))?;
-        let (tx, rx) = oneshot::channel::<()>();
-        let server = {
+        let listener = {
             let _guard = runtime.enter();
-            hyper::Server::from_tcp(listener)
+            tokio::net::TcpListener::from_std(listener)
                 .map_err(|e| format!("status address {}: {}", addr, e))?
-                .serve(make_service_fn(move |_| {
-                    let src = src.clone();
-                    async move {
-                        Ok::<_, Infallible>(service_fn(move |req| {
-                            let src = src.clone();
-                            async move { Ok::<_, Infallible>(route(src, req).await) }
-                        }))
-                    }
-                }))
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
         };
-        runtime.spawn(server);
+        let (tx, mut rx) = oneshot::channel::<()>();
+        runtime.spawn(async move {
+            loop {
+                let tcp = tokio::select! {
+                    _ = &mut rx => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok((tcp, _)) => tcp,
+                        Err(e) => {
+                            warn!(logger, "status server accept failed"; "err" => %e);
+                            continue;
+                        }
+                    },
+                };
+                let (src, security, logger) = (src.clone(), security.clone(), logger.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = serve_connection(tcp, src, &security).await {
+                        warn!(logger, "status server connection failed"; "err" => %e);
+                    }
+                });
+            }
+        });
         Ok(StatusServer {
             addr: bound,
             shutdown: Some(tx),
@@ -200,6 +244,46 @@ impl StatusServer {
             rt.shutdown_timeout(std::time::Duration::from_secs(1));
         }
     }
+}
+
+/// Serves one accepted connection: plain HTTP, or HTTPS with the
+/// certificates as they are on disk now.
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    src: Arc<dyn StatusSource>,
+    security: &SecurityManager,
+) -> Result<(), String> {
+    let Some(acceptor) = security.https_acceptor()? else {
+        return serve_http(tcp, src, true).await;
+    };
+    let ssl = openssl::ssl::Ssl::new(acceptor.context()).map_err(|e| e.to_string())?;
+    let mut tls = tokio_openssl::SslStream::new(ssl, tcp).map_err(|e| e.to_string())?;
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, Pin::new(&mut tls).accept()).await {
+        Err(_) => return Err("TLS handshake timed out".to_owned()),
+        Ok(Err(e)) => return Err(format!("TLS handshake error: {}", e)),
+        Ok(Ok(())) => {}
+    }
+    let allowed = security.https_peer_allowed(tls.ssl().peer_certificate().as_deref());
+    serve_http(tls, src, allowed).await
+}
+
+async fn serve_http<IO>(
+    io: IO,
+    src: Arc<dyn StatusSource>,
+    peer_allowed: bool,
+) -> Result<(), String>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let src = src.clone();
+        async move { Ok::<_, Infallible>(route(src, peer_allowed, req).await) }
+    });
+    Http::new()
+        .http1_only(true)
+        .serve_connection(io, service)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 impl Drop for StatusServer {

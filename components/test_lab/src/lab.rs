@@ -7,7 +7,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::http;
+use crate::http::{self, HttpClient};
 use crate::process::{bin, LabProcess};
 
 /// The stores' config in the lab: short ticks and backoffs so the walk
@@ -66,6 +66,9 @@ pub struct Lab {
     pub stores: BTreeMap<u64, LabStore>,
     /// The test-pd process.
     pub pd: LabProcess,
+    /// The client for the stores' status servers: HTTPS with the lab's
+    /// certificate when the lab runs `[security]`.
+    pub http: HttpClient,
     config: PathBuf,
     dir: tempfile::TempDir,
 }
@@ -102,6 +105,17 @@ impl Lab {
             .args(["--flavor", flavor])
             .args(extra);
         let pd = LabProcess::spawn("test-pd", cmd, &dir.path().join("test-pd.stderr"))?;
+        let http = match security {
+            None => HttpClient::plain(),
+            Some(sec) => {
+                #[derive(serde::Deserialize)]
+                struct F {
+                    security: security::SecurityConfig,
+                }
+                let f: F = toml::from_str(sec).map_err(|e| format!("[security]: {}", e))?;
+                HttpClient::with_security(&security::SecurityManager::new(&f.security)?)?
+            }
+        };
         let config = dir.path().join("tikv.toml");
         let text = format!("{}\n{}", LAB_CONFIG, security.unwrap_or(""));
         std::fs::write(&config, text).map_err(|e| format!("{}: {}", config.display(), e))?;
@@ -112,6 +126,7 @@ impl Lab {
             cluster_id: pd.ready["cluster_id"].as_u64().unwrap_or(0),
             stores: BTreeMap::new(),
             pd,
+            http,
             config,
             dir,
         })
@@ -183,22 +198,31 @@ impl Lab {
             .ok_or_else(|| format!("store {} is not running", id))
     }
 
+    /// The URL of `path` on store `id`'s status server (`https` in a TLS
+    /// lab).
+    pub fn status_url(&self, id: u64, path: &str) -> Result<String, String> {
+        Ok(format!(
+            "{}://{}{}",
+            self.http.scheme(),
+            self.store(id)?.status,
+            path
+        ))
+    }
+
     /// Store `id`'s raft client view (`/debug/raft_client`).
     pub fn raft_client(&self, id: u64) -> Result<Value, String> {
-        http::get_json(&format!(
-            "http://{}/debug/raft_client",
-            self.store(id)?.status
-        ))
+        self.http
+            .get_json(&self.status_url(id, "/debug/raft_client")?)
     }
 
     /// Store `id`'s `/status`.
     pub fn status(&self, id: u64) -> Result<Value, String> {
-        http::get_json(&format!("http://{}/status", self.store(id)?.status))
+        self.http.get_json(&self.status_url(id, "/status")?)
     }
 
     /// Store `id`'s `/metrics` text.
     pub fn metrics(&self, id: u64) -> Result<String, String> {
-        http::get_text(&format!("http://{}/metrics", self.store(id)?.status))
+        self.http.get_text(&self.status_url(id, "/metrics")?)
     }
 
     /// A PD API call: `method /pd/api/v1/...`.
