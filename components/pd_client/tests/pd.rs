@@ -1,6 +1,6 @@
 //! pd_client against the embedded PD over real gRPC on loopback.
 
-use std::net::TcpListener;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,12 +23,20 @@ fn client(pd: &Server) -> RpcClient {
     RpcClient::new(&cfg(pd.endpoints()), None, tikv_util::logger::discard()).unwrap()
 }
 
-/// A loopback port nothing listens on.
-fn dead_endpoint() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    drop(l);
-    format!("127.0.0.1:{}", port)
+/// A loopback port nothing listens on, held for the test: a socket bound
+/// but not listening refuses every dial, and no other test's bind on port 0
+/// can be given the port meanwhile (a bound-then-dropped listener could be).
+struct Dead {
+    _sock: socket2::Socket,
+    addr: String,
+}
+
+fn dead_endpoint() -> Dead {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    sock.bind(&any.into()).unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap().to_string();
+    Dead { _sock: sock, addr }
 }
 
 fn both_shapes() -> [NotFoundShape; 2] {
@@ -150,7 +158,8 @@ fn discovers_leader_when_first_endpoint_is_dead() {
     let pd = Server::new(3, NotFoundShape::Header);
     pd.add_store(1, "127.0.0.1:20160");
     pd.change_leader(2);
-    let mut eps = vec![dead_endpoint()];
+    let dead = dead_endpoint();
+    let mut eps = vec![dead.addr.clone()];
     eps.extend(pd.endpoints());
     let c = RpcClient::new(&cfg(eps), None, tikv_util::logger::discard()).unwrap();
     assert_eq!(c.leader_addr(), pd.endpoints()[2]);
@@ -160,8 +169,9 @@ fn discovers_leader_when_first_endpoint_is_dead() {
 #[test]
 fn all_endpoints_dead_is_an_error() {
     let log = tikv_util::logger::LogCapture::new();
+    let (a, b) = (dead_endpoint(), dead_endpoint());
     let r = RpcClient::new(
-        &cfg(vec![dead_endpoint(), dead_endpoint()]),
+        &cfg(vec![a.addr.clone(), b.addr.clone()]),
         None,
         log.logger(),
     );
