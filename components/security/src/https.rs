@@ -6,7 +6,7 @@
 //! then refuses a connection without one at the handshake.
 
 use openssl::pkey::PKey;
-use openssl::ssl::{SslAcceptor, SslConnector, SslMethod, SslVerifyMode};
+use openssl::ssl::{SslAcceptor, SslConnector, SslContextBuilder, SslMethod, SslVerifyMode};
 use openssl::x509::{X509Ref, X509};
 
 use super::{Certs, SecurityManager};
@@ -15,12 +15,19 @@ fn err(what: &str, e: impl std::fmt::Display) -> String {
     format!("[security] {}: {}", what, e)
 }
 
-/// The CA stack, certificate and key of `c`, parsed.
-fn parse(c: &Certs) -> Result<(Vec<X509>, X509, PKey<openssl::pkey::Private>), String> {
-    let cas = X509::stack_from_pem(&c.ca).map_err(|e| err("ca-path", e))?;
+/// Puts `c` into an OpenSSL context: the CA as the trust store, this
+/// process's certificate and key.
+fn load(b: &mut SslContextBuilder, c: &Certs) -> Result<(), String> {
+    for ca in X509::stack_from_pem(&c.ca).map_err(|e| err("ca-path", e))? {
+        b.cert_store_mut()
+            .add_cert(ca)
+            .map_err(|e| err("ca-path", e))?;
+    }
     let cert = X509::from_pem(&c.cert).map_err(|e| err("cert-path", e))?;
     let key = PKey::private_key_from_pem(&c.key).map_err(|e| err("key-path", e))?;
-    Ok((cas, cert, key))
+    b.set_certificate(&cert).map_err(|e| err("cert-path", e))?;
+    b.set_private_key(&key).map_err(|e| err("key-path", e))?;
+    b.check_private_key().map_err(|e| err("key-path", e))
 }
 
 impl SecurityManager {
@@ -33,18 +40,10 @@ impl SecurityManager {
         let Some(c) = self.current() else {
             return Ok(None);
         };
-        let (cas, cert, key) = parse(&c)?;
         // Upstream uses mozilla_modern (TLS 1.2 and newer).
         let mut b =
             SslAcceptor::mozilla_modern(SslMethod::tls()).map_err(|e| err("https acceptor", e))?;
-        for ca in cas {
-            b.cert_store_mut()
-                .add_cert(ca)
-                .map_err(|e| err("ca-path", e))?;
-        }
-        b.set_certificate(&cert).map_err(|e| err("cert-path", e))?;
-        b.set_private_key(&key).map_err(|e| err("key-path", e))?;
-        b.check_private_key().map_err(|e| err("key-path", e))?;
+        load(&mut b, &c)?;
         if !self.cfg.cert_allowed_cn.is_empty() {
             b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
         }
@@ -57,16 +56,9 @@ impl SecurityManager {
         let Some(c) = self.current() else {
             return Ok(None);
         };
-        let (cas, cert, key) = parse(&c)?;
         let mut b =
             SslConnector::builder(SslMethod::tls()).map_err(|e| err("https connector", e))?;
-        for ca in cas {
-            b.cert_store_mut()
-                .add_cert(ca)
-                .map_err(|e| err("ca-path", e))?;
-        }
-        b.set_certificate(&cert).map_err(|e| err("cert-path", e))?;
-        b.set_private_key(&key).map_err(|e| err("key-path", e))?;
+        load(&mut b, &c)?;
         Ok(Some(b.build()))
     }
 
