@@ -37,7 +37,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -339,6 +339,10 @@ struct Shared<R, E> {
     stats: RaftClientStats,
     executor: ThreadPool,
     stopped: AtomicBool,
+    /// Connection tasks spawned and not ended yet; `stop` waits on
+    /// `tasks_ended` for it to reach 0.
+    tasks: Mutex<usize>,
+    tasks_ended: Condvar,
     logger: Logger,
 }
 
@@ -455,6 +459,8 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
                 stats: RaftClientStats::default(),
                 executor,
                 stopped: AtomicBool::new(false),
+                tasks: Mutex::new(0),
+                tasks_ended: Condvar::new(),
                 logger: builder.logger,
             }),
             cache: HashMap::new(),
@@ -544,6 +550,8 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
             .entry((store_id, conn_id))
             .or_insert_with(|| {
                 let q = Arc::new(Queue::new(shared.cfg.queue_size_per_conn()));
+                // Counted before it runs, so `stop` never misses it.
+                *shared.tasks.lock().unwrap() += 1;
                 let task = run_connection(shared.clone(), store_id, conn_id, q.clone());
                 shared.executor.spawn_ok(task);
                 q
@@ -645,14 +653,24 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
         self.shared.pool.lock().unwrap().connections.len()
     }
 
+    /// Connection tasks that have not ended yet, including closed ones
+    /// still reporting what they held.
+    pub fn connection_tasks(&self) -> usize {
+        *self.shared.tasks.lock().unwrap()
+    }
+
     /// Message accounting.
     pub fn stats(&self) -> StatsSnapshot {
         self.shared.stats.snapshot()
     }
 
     /// Stops every connection; pending messages are reported unreachable
-    /// and later sends fail with `Disconnected`.
-    pub fn stop(&self) {
+    /// and later sends fail with `Disconnected`. Returns once every
+    /// connection task has ended (what a task held in an unconfirmed call
+    /// is reported by the task itself), so the accounting read after it is
+    /// final; at most [`STOP_WAIT`], then it warns and returns false. Not
+    /// to be called on the client's own executor.
+    pub fn stop(&self) -> bool {
         let conns: Vec<_> = {
             let mut pool = self.shared.pool.lock().unwrap();
             self.shared.stopped.store(true, Ordering::SeqCst);
@@ -662,8 +680,25 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
             let pending = q.close();
             self.shared.report_msgs(store_id, pending, "stopped");
         }
+        let tasks = self.shared.tasks.lock().unwrap();
+        let (left, _) = self
+            .shared
+            .tasks_ended
+            .wait_timeout_while(tasks, STOP_WAIT, |n| *n > 0)
+            .unwrap();
+        if *left > 0 {
+            warn!(self.shared.logger, "raft client stopped with connection tasks still running";
+                "tasks" => *left, "waited" => ?STOP_WAIT);
+        }
+        *left == 0
     }
 }
+
+/// How long [`RaftClient::stop`] waits for connection tasks to end. A task
+/// ends at its next step once its queue is closed; only a step already
+/// waiting on the network (a PD answer, a connect, a call's end after a
+/// write error) can take longer, each bounded by its own timeout.
+pub const STOP_WAIT: Duration = Duration::from_secs(5);
 
 impl<R: StoreAddrResolver + Sync, E: RaftExtension> Shared<R, E> {
     /// Reports messages (by region and target peer) unreachable.
@@ -801,9 +836,24 @@ async fn run_connection<R: StoreAddrResolver + Sync, E: RaftExtension>(
     conn_id: usize,
     q: Arc<Queue>,
 ) {
+    /// Ends the task's count, also when it panics.
+    struct Ended<'a> {
+        tasks: &'a Mutex<usize>,
+        ended: &'a Condvar,
+    }
+    impl Drop for Ended<'_> {
+        fn drop(&mut self) {
+            RAFT_CLIENT_CONNECTIONS.dec();
+            *self.tasks.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+            self.ended.notify_all();
+        }
+    }
     RAFT_CLIENT_CONNECTIONS.inc();
+    let _ended = Ended {
+        tasks: &shared.tasks,
+        ended: &shared.tasks_ended,
+    };
     connection_loop(&shared, store_id, conn_id, &q).await;
-    RAFT_CLIENT_CONNECTIONS.dec();
 }
 
 /// How a call ended.

@@ -188,7 +188,11 @@ impl Cluster {
         self.senders.lock().unwrap().remove(&id);
         let mut s = self.stores.remove(&id).expect("running store");
         s.node.stop();
-        s.client.stop();
+        assert!(
+            s.client.stop(),
+            "store {}: a connection task outlived stop",
+            id
+        );
         self.stopped.insert(id, s);
     }
 

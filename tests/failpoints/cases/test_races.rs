@@ -168,10 +168,60 @@ fn stop_while_a_connection_takes_a_batch() {
     wait_until(T, "the task is about to take a batch", || {
         gate.arrivals() >= 1
     });
-    client.stop();
+    // stop waits for the task, so it runs aside; the gate opens once stop
+    // has closed the queue and reported what was in it.
+    let stopping = client.clone();
+    let stopper = std::thread::spawn(move || stopping.stop());
+    wait_until(T, "stop reports the queued messages", || {
+        client.stats().reported_unreachable >= 50
+    });
     gate.open();
+    assert!(stopper.join().unwrap(), "every task ended within STOP_WAIT");
     let s = assert_balanced(&client);
     assert_eq!(fed_from(&c, 2, 1), 1, "nothing sent after stop");
     assert!(s.reported_unreachable >= 50, "{:?}", s);
     assert_eq!(s.delivered + s.reported_unreachable, 51);
+}
+
+/// `stop` returns only once every connection task has ended, so the
+/// accounting read right after it is final (tikv-server logs it in its
+/// last line on SIGTERM). A task held before taking a batch, with a message
+/// written and not yet confirmed, keeps `stop` waiting; once it goes, the
+/// held message and the queued one are both reported.
+#[test]
+fn stop_waits_for_connection_tasks_to_end() {
+    let _s = fail::FailScenario::setup();
+    let cfg = Config {
+        // What is written stays held (unconfirmed) for the whole test.
+        raft_client_call_confirm_window: tikv_util::config::ReadableDuration::secs(3600),
+        ..fast_cfg()
+    };
+    let c = Cluster::new(NotFoundShape::Header, &[1, 2], &[1, 2], 1, cfg);
+    let mut client = c.store(1).client.clone();
+    client.send(msg(1, 1, 2)).unwrap();
+    client.flush();
+    wait_until(T, "the connection streams", || fed_from(&c, 2, 1) == 1);
+    let gate = Gate::install("raft_client_before_take_batch");
+    client.send(msg(2, 1, 2)).unwrap();
+    client.flush();
+    wait_until(T, "the task is about to take a batch", || {
+        gate.arrivals() >= 1
+    });
+    let returned = Arc::new(AtomicBool::new(false));
+    let (stopping, r) = (client.clone(), returned.clone());
+    let stopper = std::thread::spawn(move || {
+        stopping.stop();
+        r.store(true, Ordering::SeqCst);
+        stopping.stats()
+    });
+    observe_for(Duration::from_millis(500));
+    assert!(
+        !returned.load(Ordering::SeqCst),
+        "stop returned while a connection task was still running"
+    );
+    gate.open();
+    let s = stopper.join().unwrap();
+    assert!(s.balanced(), "final when stop returns: {:?}", s);
+    assert_eq!((s.delivered, s.reported_unreachable), (0, 2), "{:?}", s);
+    assert_eq!(client.connection_tasks(), 0);
 }
