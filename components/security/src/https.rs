@@ -33,13 +33,20 @@ fn load(b: &mut SslContextBuilder, c: &Certs) -> Result<(), String> {
 impl SecurityManager {
     /// An HTTPS acceptor from the certificate files as they are now (the
     /// last good set during a half-written rotation); `None` when
-    /// plaintext. Built per connection by its caller, so a rotation is
-    /// taken by the next connection, as for gRPC. With `cert-allowed-cn`,
+    /// plaintext. Asked for per connection: the files are read each time
+    /// (a rotation is taken by the next connection, as for gRPC), the
+    /// acceptor is rebuilt only when they changed. With `cert-allowed-cn`,
     /// a client certificate signed by the CA is required.
     pub fn https_acceptor(&self) -> Result<Option<SslAcceptor>, String> {
         let Some(c) = self.current() else {
             return Ok(None);
         };
+        let mut built = self.https.lock().unwrap();
+        if let Some((certs, a)) = built.as_ref() {
+            if *certs == c {
+                return Ok(Some(a.clone()));
+            }
+        }
         // Upstream uses mozilla_modern (TLS 1.2 and newer).
         let mut b =
             SslAcceptor::mozilla_modern(SslMethod::tls()).map_err(|e| err("https acceptor", e))?;
@@ -47,7 +54,9 @@ impl SecurityManager {
         if !self.cfg.cert_allowed_cn.is_empty() {
             b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
         }
-        Ok(Some(b.build()))
+        let a = b.build();
+        *built = Some((c, a.clone()));
+        Ok(Some(a))
     }
 
     /// An HTTPS connector presenting this process's certificate and

@@ -153,6 +153,9 @@ struct Cache {
 pub struct SecurityManager {
     cfg: SecurityConfig,
     cache: Mutex<Option<Cache>>,
+    /// The HTTPS acceptor and the set it was built from: rebuilt only when
+    /// the files change, as the gRPC fetcher's credentials are.
+    https: Mutex<Option<(Certs, openssl::ssl::SslAcceptor)>>,
 }
 
 impl std::fmt::Debug for SecurityManager {
@@ -169,6 +172,7 @@ impl Default for SecurityManager {
         SecurityManager {
             cfg: SecurityConfig::default(),
             cache: Mutex::new(None),
+            https: Mutex::new(None),
         }
     }
 }
@@ -185,6 +189,7 @@ impl SecurityManager {
         Ok(SecurityManager {
             cfg: cfg.clone(),
             cache: Mutex::new(cache),
+            https: Mutex::new(None),
         })
     }
 

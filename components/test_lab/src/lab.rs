@@ -105,19 +105,12 @@ impl Lab {
             .args(["--flavor", flavor])
             .args(extra);
         let pd = LabProcess::spawn("test-pd", cmd, &dir.path().join("test-pd.stderr"))?;
-        let http = match security {
-            None => HttpClient::plain(),
-            Some(sec) => {
-                #[derive(serde::Deserialize)]
-                struct F {
-                    security: security::SecurityConfig,
-                }
-                let f: F = toml::from_str(sec).map_err(|e| format!("[security]: {}", e))?;
-                HttpClient::with_security(&security::SecurityManager::new(&f.security)?)?
-            }
-        };
         let config = dir.path().join("tikv.toml");
         let text = format!("{}\n{}", LAB_CONFIG, security.unwrap_or(""));
+        // The stores' own parser, so the lab's client takes the [security]
+        // they take.
+        let (cfg, _) = server::config::TikvConfig::from_toml(&text)?;
+        let http = HttpClient::with_security(&security::SecurityManager::new(&cfg.security)?)?;
         std::fs::write(&config, text).map_err(|e| format!("{}: {}", config.display(), e))?;
         Ok(Lab {
             flavor: flavor.to_owned(),
