@@ -9,7 +9,9 @@
 //! - `StoreNotFound`: ambiguous (removed, or not registered yet). Pending
 //!   messages are reported unreachable and the store's connections retry on
 //!   one shared doubling backoff (an "episode"), logging at most once per
-//!   interval. A message received from the store ends the wait at once.
+//!   interval; a connection that starts while the episode waits waits with
+//!   it, so PD is asked once per step, not once per connection. A message
+//!   received from the store ends the wait at once.
 //! - anything else: retried at `raft-client-max-backoff`.
 //!
 //! How a call ends (peers behave as upstream's raft service, tikv/tikv
@@ -791,6 +793,17 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> Shared<R, E> {
         ep.next_attempt
     }
 
+    /// When the store is in a not-found episode whose next attempt is
+    /// still ahead: that attempt's time.
+    fn episode_wait(&self, store_id: u64) -> Option<Instant> {
+        if self.episodes.load(Ordering::SeqCst) == 0 {
+            return None;
+        }
+        let pool = self.pool.lock().unwrap();
+        let next = pool.not_found.get(&store_id)?.next_attempt;
+        (Instant::now() < next).then_some(next)
+    }
+
     fn end_not_found(&self, store_id: u64) {
         if self.episodes.load(Ordering::SeqCst) == 0 {
             return;
@@ -932,6 +945,16 @@ async fn connection_loop<R: StoreAddrResolver + Sync, E: RaftExtension>(
             return;
         }
         q.clear_interrupt();
+        // A store's connections share one not-found schedule: a connection
+        // that starts while the store's episode is waiting waits with it
+        // instead of asking PD on its own.
+        if let Some(next) = shared.episode_wait(store_id) {
+            shared.report_pending(store_id, q, "not_found");
+            if !shared.backoff(store_id, q, next, "not_found").await {
+                return;
+            }
+            continue;
+        }
         let addr = match resolve_addr(&shared.resolver, store_id).await {
             Ok(addr) => {
                 RAFT_CLIENT_RESOLVE_COUNTER
@@ -1128,6 +1151,12 @@ impl CallSink {
     /// Each write is flushed: a buffered write (`buffer_hint`) may wait in
     /// gRPC for the next unbuffered one, which may never come.
     async fn write(&mut self, msgs: Vec<RaftMessage>) -> Result<(), (grpcio::Error, usize)> {
+        // A write that fails before anything of it is written, the call
+        // still up (as a write racing a reset does).
+        fail::fail_point!("raft_client_write_error", |_| Err((
+            grpcio::Error::RemoteStopped,
+            0
+        )));
         match self {
             CallSink::Batch(s) => {
                 let mut b = BatchRaftMessage::default();
@@ -1166,11 +1195,22 @@ async fn end_after_write_error(
         grpcio::Error::RpcFailure(s) | grpcio::Error::RpcFinished(Some(s)) => classify_status(s),
         e => CallEnd::Failed(format!("{:?}", e)),
     };
-    match future::select(recv.as_mut(), tikv_util::timer::sleep(wait)).await {
-        Either::Left((Err(e), _)) if !matches!(from_write, CallEnd::Unimplemented) => {
-            classify_result(Err(e))
-        }
-        _ => from_write,
+    let from_call = match future::select(recv.as_mut(), tikv_util::timer::sleep(wait)).await {
+        Either::Left((Err(e), _)) => Some(classify_result(Err(e))),
+        _ => None,
+    };
+    decide_end(from_write, from_call)
+}
+
+/// How a call that failed a write ended: `from_write` is what the write's
+/// error said, `from_call` the call's own status if it came in time.
+/// Either saying UNIMPLEMENTED means a fallback; otherwise the call's status
+/// wins, as it says why the peer ended the call.
+fn decide_end(from_write: CallEnd, from_call: Option<CallEnd>) -> CallEnd {
+    match from_call {
+        _ if matches!(from_write, CallEnd::Unimplemented) => from_write,
+        Some(end) => end,
+        None => from_write,
     }
 }
 
@@ -1352,5 +1392,62 @@ async fn stream<R: StoreAddrResolver + Sync, E: RaftExtension>(
         }
         let refused = q.requeue_front(out.unconfirmed);
         shared.report_msgs(store_id, refused, "stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed() -> CallEnd {
+        CallEnd::Failed("reset".into())
+    }
+
+    fn cancelled() -> CallEnd {
+        CallEnd::Cancelled("CANCELLED".into())
+    }
+
+    /// The write and the call can disagree (a refusing peer's UNIMPLEMENTED
+    /// races its dropping of the request): either saying UNIMPLEMENTED is a
+    /// fallback, whatever the other says.
+    #[test]
+    fn unimplemented_on_either_side_is_a_fallback() {
+        let cases = [
+            (CallEnd::Unimplemented, Some(cancelled())),
+            (CallEnd::Unimplemented, Some(failed())),
+            (CallEnd::Unimplemented, None),
+            (cancelled(), Some(CallEnd::Unimplemented)),
+            (failed(), Some(CallEnd::Unimplemented)),
+        ];
+        for (i, (w, c)) in cases.into_iter().enumerate() {
+            assert!(
+                matches!(decide_end(w, c), CallEnd::Unimplemented),
+                "case {}",
+                i
+            );
+        }
+    }
+
+    /// Otherwise the call's own status says why it ended; the write's error
+    /// only when the status did not come in time.
+    #[test]
+    fn otherwise_the_call_status_decides() {
+        let nm = CallEnd::StoreNotMatch(StoreNotMatch {
+            to_store_id: 3,
+            my_store_id: 7,
+        });
+        assert!(matches!(
+            decide_end(cancelled(), Some(nm)),
+            CallEnd::StoreNotMatch(_)
+        ));
+        assert!(matches!(
+            decide_end(failed(), Some(cancelled())),
+            CallEnd::Cancelled(_)
+        ));
+        assert!(matches!(
+            decide_end(cancelled(), None),
+            CallEnd::Cancelled(_)
+        ));
+        assert!(matches!(decide_end(failed(), None), CallEnd::Failed(_)));
     }
 }

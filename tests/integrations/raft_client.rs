@@ -1,7 +1,6 @@
 //! The raft client against our raft service over real gRPC, resolving
 //! through test_pd.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use slog::Level;
@@ -415,24 +414,7 @@ fn message_from_store_ends_not_found_wait_at_once() {
 fn message_from_store_ends_not_found_wait_at_once_with(kind: Receiver) {
     let pd = PdServer::single();
     // Backoffs of an hour: only evidence of life can end the wait in time.
-    let slow = hour_backoffs_cfg();
-    let log = LogCapture::new();
-    let (_w1, c1, _) = raft_client(&pd, 1, slow, &log);
-    let alive_client = c1.clone();
-    let opts = NodeOptions {
-        alive: Some(Arc::new(move |store| {
-            alive_client.notify_store_alive(store)
-        })),
-        ..Default::default()
-    };
-    let node1 = Node::start_with(Receiver::Ours, 1, "127.0.0.1:0", opts);
-    pd.add_store(1, &node1.addr());
-    let mut c1 = c1;
-    c1.send(msg(1, 1, 3)).unwrap();
-    c1.flush();
-    wait_until(T, "store 3 in a not-found episode", || {
-        c1.not_found_episode(3).is_some()
-    });
+    let (_w1, mut c1, node1) = store_1_waiting_for_store_3(&pd, &LogCapture::new());
     let calls = pd.get_store_count(3);
 
     // Store 3 comes up, registers, and talks to store 1 first. It may be
@@ -569,4 +551,138 @@ fn each_clone_flushes_its_own_sends_with(kind: Receiver) {
         node.ext.fed_count() == 4
     });
     assert_balanced(&a);
+}
+
+/// A connection of a store whose episode is waiting does not ask PD on its
+/// own when it starts later: connections 1, 2 and 3 start one after another
+/// while connection 0's not-found wait (an hour) runs, and PD is asked once.
+#[test]
+fn late_connections_join_the_store_s_not_found_schedule() {
+    let pd = PdServer::single();
+    let cfg = Config {
+        grpc_raft_conn_num: 4,
+        // A not-found cache far shorter than the gaps between the starts
+        // below: a late connection that asked on its own would reach PD.
+        store_not_found_cache_ttl: ReadableDuration::millis(10),
+        ..hour_backoffs_cfg()
+    };
+    let (_w, mut c, ext) = raft_client(&pd, 1, cfg, &LogCapture::new());
+    c.send(msg(0, 1, 9)).unwrap();
+    c.flush();
+    wait_until(T, "store 9 in a not-found episode", || {
+        c.not_found_episode(9).is_some()
+    });
+    assert_eq!(pd.get_store_count(9), 1);
+    let reported = |region: u64| {
+        ext.with(|r| {
+            r.unreachable
+                .iter()
+                .any(|(reg, peer)| *reg == region && *peer == 9 * 1000 + region)
+        })
+    };
+    for region in 1..4u64 {
+        c.send(msg(region, 1, 9)).unwrap();
+        c.flush();
+        // Its message is reported at once (the store is not found), and
+        // by then a connection asking PD on its own has had its answer.
+        wait_until(T, "the late connection's message reported", || {
+            reported(region)
+        });
+        let past_ttl = Instant::now() + Duration::from_millis(30);
+        wait_until(T, "the not-found cache to expire", || {
+            Instant::now() >= past_ttl
+        });
+    }
+    assert_eq!(c.connection_count(), 4);
+    assert_eq!(
+        pd.get_store_count(9),
+        1,
+        "one PD call for the store's one step, not one per connection"
+    );
+    assert_eq!(c.not_found_episode(9).map(|e| e.0), Some(1));
+    c.stop();
+    let s = assert_balanced(&c);
+    assert_eq!(s.reported_unreachable, 4);
+}
+
+/// The confirm window runs from a call's first write: a call that sat idle
+/// longer than the window, then was refused with UNIMPLEMENTED after its
+/// first write, still had nothing confirmed, and what it was given is sent
+/// again over `Raft`.
+#[test]
+fn confirm_window_starts_at_the_first_write() {
+    let pd = PdServer::single();
+    let opts = NodeOptions {
+        peer: PeerOptions {
+            // The first call fails at once: the next one opens with an
+            // empty queue and sits idle.
+            fail_first_calls: 1,
+            unimplemented_after_first_batch: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let node = Node::start_with(Receiver::Upstream, 2, "127.0.0.1:0", opts);
+    pd.add_store(2, &node.addr());
+    let cfg = fast_cfg();
+    let window = cfg.raft_client_call_confirm_window.0;
+    let (_w, mut c, _) = raft_client(&pd, 1, cfg, &LogCapture::new());
+    c.send(msg(0, 1, 2)).unwrap();
+    c.flush();
+    wait_until(T, "a second call, open and idle", || node.calls() == 2);
+    let idle_until = Instant::now() + window * 2;
+    wait_until(T, "the call idle for twice the window", || {
+        Instant::now() >= idle_until
+    });
+    for i in 1..=100 {
+        c.send(msg(i, 1, 2)).unwrap();
+    }
+    c.flush();
+    wait_until(T, "100 messages fed over Raft", || {
+        node.ext.fed_count() == 100
+    });
+    let regions: Vec<u64> = node
+        .ext
+        .with(|r| r.fed.iter().map(|m| m.get_region_id()).collect());
+    assert_eq!(regions, (1..=100).collect::<Vec<_>>());
+    assert!(node.upstream().unwrap().raft_calls() >= 1);
+    let s = assert_balanced(&c);
+    assert_eq!((s.delivered, s.reported_unreachable), (100, 1));
+}
+
+/// The `Raft` fallback is remembered per address: after the peer restarts
+/// on the same address, the new connection goes straight to `Raft`.
+#[test]
+fn fallback_is_remembered_across_reconnects() {
+    let pd = PdServer::single();
+    let peer = PeerOptions {
+        // Registered, so each BatchRaft attempt is counted.
+        batch_raft_by_default: true,
+        ..Default::default()
+    };
+    let opts = NodeOptions {
+        peer: peer.clone(),
+        ..Default::default()
+    };
+    let mut node = Node::start_with(Receiver::Upstream, 2, "127.0.0.1:0", opts.clone());
+    let addr = node.addr();
+    pd.add_store(2, &addr);
+    let (_w, mut c, _) = raft_client(&pd, 1, fast_cfg(), &LogCapture::new());
+    pump(&mut c, &node, 1, 1);
+    let p = node.upstream().unwrap();
+    assert!(
+        p.calls() > p.raft_calls(),
+        "a BatchRaft call was refused first"
+    );
+    node.stop();
+    let node2 = Node::start_with(Receiver::Upstream, 2, &addr, opts);
+    assert_eq!(node2.addr(), addr);
+    pump(&mut c, &node2, 1, 3);
+    let p2 = node2.upstream().unwrap();
+    assert_eq!(
+        p2.calls(),
+        p2.raft_calls(),
+        "no BatchRaft call to an address known to predate it"
+    );
+    assert_balanced(&c);
 }

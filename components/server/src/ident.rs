@@ -53,6 +53,9 @@ impl StoreIdent {
             let mut f = File::create(&tmp)?;
             f.write_all(serde_json::to_string(self).unwrap_or_default().as_bytes())?;
             f.sync_all()?;
+            // A crash here leaves the temporary file only: the identity is
+            // the old one or none, never a torn one.
+            fail::fail_point!("store_ident_before_rename");
             fs::rename(&tmp, &path)?;
             File::open(dir)?.sync_all()
         };

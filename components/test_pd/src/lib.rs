@@ -282,11 +282,12 @@ impl Server {
     /// `pd-ctl store remove-tombstone`: forgets every Tombstone store and
     /// returns their ids.
     pub fn remove_all_tombstones(&self) -> Vec<u64> {
+        // `remove_tombstone` is the one place that decides what may be
+        // forgotten: it refuses stores that are not Tombstone.
         let ids: Vec<u64> = self
             .cluster
             .all_stores()
             .iter()
-            .filter(|s| s.get_state() == metapb::StoreState::Tombstone)
             .map(|s| s.get_id())
             .collect();
         ids.into_iter()
