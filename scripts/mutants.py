@@ -20,19 +20,32 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import tomllib
 
+# One suite's run, builds included, beyond which a reversion counts as caught
+# by a hang (no test of ours runs near this long).
+SUITE_TIMEOUT = 1500
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUITES = [
     # The binaries tests/process spawns, from the mutated tree.
     ["cargo", "build", "--workspace"],
     ["cargo", "test", "--workspace"],
     ["cargo", "test", "--features", "failpoints", "--test", "failpoints"],
+    ["cargo", "test", "-p", "tikv-server", "--features", "failpoints", "--test", "failpoints"],
 ]
+
+
+def edits(m):
+    """A reversion's edits: `edits = [{file, old, new}, ...]` when one
+    behaviour rests on more than one place, else its own file/old/new."""
+    if "edits" in m:
+        return [(e.get("file", m.get("file")), e["old"], e["new"]) for e in m["edits"]]
+    return [(m["file"], m["old"], m["new"])]
 
 
 def load():
@@ -42,6 +55,9 @@ def load():
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         sys.exit("mutants.toml: duplicate names %s" % sorted(dup))
+    unsectioned = [m["name"] for m in mutants if not m.get("section")]
+    if unsectioned:
+        sys.exit("mutants.toml: no README section for %s" % unsectioned)
     return mutants
 
 
@@ -65,8 +81,16 @@ def copy_tree(dst):
 def run_suites(tree, env):
     """Runs the suites until one fails; returns (status, failing tests, log)."""
     for cmd in SUITES:
-        p = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
-        out = p.stdout + p.stderr
+        p = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            out, _ = p.communicate(timeout=SUITE_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            # A reversion that makes a test hang is caught too; end the
+            # whole process group (cargo and the test binary it runs).
+            os.killpg(p.pid, signal.SIGKILL)
+            out, _ = p.communicate()
+            return "caught", ["(%s hung: killed after %ds)" % (" ".join(cmd[1:]), SUITE_TIMEOUT)], out
         if p.returncode == 0:
             continue
         failed = re.findall(r"^test (\S+) \.\.\. FAILED$", out, re.M)
@@ -91,14 +115,15 @@ def main():
         mutants = [m for m in mutants if args.only in m["name"]]
     if args.list:
         for m in mutants:
-            print("%-36s %s" % (m["name"], m["promise"]))
+            print("%-36s [%s] %s" % (m["name"], m["section"], m["promise"]))
         return 0
     # Every reversion must apply to the tree as it is now.
     stale = []
     for m in mutants:
-        text = open(os.path.join(ROOT, m["file"])).read()
-        if text.count(m["old"]) != 1:
-            stale.append("%s: `old` found %d times in %s" % (m["name"], text.count(m["old"]), m["file"]))
+        for f, old, _ in edits(m):
+            text = open(os.path.join(ROOT, f)).read()
+            if text.count(old) != 1:
+                stale.append("%s: `old` found %d times in %s" % (m["name"], text.count(old), f))
     if stale:
         print("\n".join(stale))
         return 2
@@ -109,22 +134,26 @@ def main():
     try:
         copy_tree(scratch)
         for i, m in enumerate(mutants, 1):
-            path = os.path.join(scratch, m["file"])
-            original = open(path).read()
-            with open(path, "w") as f:
-                f.write(original.replace(m["old"], m["new"], 1))
+            originals = {}
+            for f, old, new in edits(m):
+                path = os.path.join(scratch, f)
+                originals.setdefault(path, open(path).read())
+                current = open(path).read()  # earlier edits of this file kept
+                with open(path, "w") as fh:
+                    fh.write(current.replace(old, new, 1))
             t = time.time()
             status, failed, out = run_suites(scratch, env)
-            with open(path, "w") as f:
-                f.write(original)
+            for path, text in originals.items():
+                with open(path, "w") as fh:
+                    fh.write(text)
             if out:
                 logs = os.path.join(ROOT, "target", "mutants", "logs")
                 os.makedirs(logs, exist_ok=True)
                 with open(os.path.join(logs, m["name"] + ".log"), "w") as f:
                     f.write(out)
             rows.append((m, status, failed))
-            print("[%d/%d] %-36s %-10s %4.0fs %s" % (
-                i, len(mutants), m["name"], status, time.time() - t,
+            print("[%d/%d] %-36s %-28s %-10s %4.0fs %s" % (
+                i, len(mutants), m["name"], m["section"], status, time.time() - t,
                 ", ".join(failed[:3]) + (" (+%d)" % (len(failed) - 3) if len(failed) > 3 else "")),
                 flush=True)
             if status == "no-compile":
@@ -133,13 +162,13 @@ def main():
         shutil.rmtree(scratch, ignore_errors=True)
 
     print()
-    print("| reversion | promise | caught by |")
-    print("|---|---|---|")
-    for m, status, failed in rows:
+    print("| README section | reversion | promise | caught by |")
+    print("|---|---|---|---|")
+    for m, status, failed in sorted(rows, key=lambda r: r[0]["section"]):
         who = ", ".join(f.split("::")[-1] for f in failed[:3]) or status.upper()
         if len(failed) > 3:
             who += " (+%d)" % (len(failed) - 3)
-        print("| %s | %s | %s |" % (m["name"], m["promise"], who))
+        print("| %s | %s | %s | %s |" % (m["section"], m["name"], m["promise"], who))
     bad = [m["name"] for m, s, _ in rows if s != "caught"]
     print()
     print("%d reversions, %d caught, %d not caught%s" % (

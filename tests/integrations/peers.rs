@@ -388,3 +388,161 @@ fn peer_failing_every_call_stays_on_the_backoff_schedule() {
         "nothing written to a refused call is delivered"
     );
 }
+
+/// Store 3's address A is served by store 7 now and PD names store 3's new
+/// address B: after the store-not-match the client asks PD again at once
+/// and reaches store 3 at B, without waiting for the address refresh (60s).
+#[test]
+fn store_not_match_follows_the_new_address_from_pd() {
+    for kind in RECEIVERS {
+        let pd = PdServer::single();
+        let node7 = Node::start(kind, 7, "127.0.0.1:0");
+        let a = node7.addr();
+        // PD has not heard yet that store 3 moved.
+        pd.add_store(3, &a);
+        pd.add_store(7, &a);
+        let (_w, mut c, _) = raft_client(&pd, 1, fast_cfg(), &LogCapture::new());
+        let mut region = 0;
+        while node7.rejected() == 0 {
+            region += 1;
+            let _ = c.send(msg(region, 1, 3));
+            c.flush();
+            std::thread::park_timeout(Duration::from_millis(20));
+            assert!(
+                region < 1000,
+                "{:?}: store 7 never saw store 3's call",
+                kind
+            );
+        }
+        let node3 = Node::start(kind, 3, "127.0.0.1:0");
+        pd.set_store_address(3, &node3.addr());
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(10);
+        while node3.ext.fed_count() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{:?}: store 3 not reached at its new address within 10s",
+                kind
+            );
+            region += 1;
+            let _ = c.send(msg(region, 1, 3));
+            c.flush();
+            std::thread::park_timeout(Duration::from_millis(20));
+        }
+        assert!(node7.fed_to_stores().iter().all(|s| *s == 7));
+        assert!(!c.is_tombstone(3));
+        assert_balanced(&c);
+    }
+}
+
+/// The `Raft` fallback carries `source_store_id` too: a store that predates
+/// `BatchRaft` and refuses calls without the header takes the traffic, and
+/// our service counts it under the sender's id.
+#[test]
+fn raft_fallback_carries_source_store_id() {
+    let pd = PdServer::single();
+    let strict_old = PeerOptions {
+        no_batch_raft: true,
+        require_source_store_id: true,
+        ..Default::default()
+    };
+    let opts = NodeOptions {
+        peer: strict_old,
+        ..Default::default()
+    };
+    let up = Node::start_with(Receiver::Upstream, 2, "127.0.0.1:0", opts);
+    pd.add_store(2, &up.addr());
+    let old_ours = NodeOptions {
+        peer: PeerOptions {
+            no_batch_raft: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let ours = Node::start_with(Receiver::Ours, 3, "127.0.0.1:0", old_ours);
+    pd.add_store(3, &ours.addr());
+    // A sender id no other test uses: the counter is process-wide.
+    let me = 4711;
+    let counter = MESSAGE_RECV_BY_STORE.with_label_values(&["4711"]);
+    let before = counter.get();
+    let (_w, mut c, _) = raft_client(&pd, me, fast_cfg(), &LogCapture::new());
+    for i in 0..10 {
+        c.send(msg(i, me, 2)).unwrap();
+        c.send(msg(i, me, 3)).unwrap();
+    }
+    c.flush();
+    wait_until(T, "10 messages fed by each", || {
+        up.ext.fed_count() == 10 && ours.ext.fed_count() == 10
+    });
+    let p = up.upstream().unwrap();
+    assert!(p.raft_calls() >= 1);
+    assert!(
+        p.sources().iter().all(|s| *s == Some(me)),
+        "{:?}",
+        p.sources()
+    );
+    assert_eq!(counter.get() - before, 10, "counted under the sender's id");
+    let s = assert_balanced(&c);
+    assert_eq!(s.delivered, 20);
+}
+
+/// The receive delay is the receiver's clock minus the batch's
+/// `last_observed_time`: a batch stamped 2s ago is observed near 2s.
+#[test]
+fn receive_delay_is_now_minus_last_observed_time() {
+    let node = Node::start(Receiver::Ours, 2, "127.0.0.1:0");
+    let delays = RAFT_MESSAGE_DURATION_VEC.with_label_values(&["receive_delay"]);
+    let (count0, sum0) = (delays.get_sample_count(), delays.get_sample_sum());
+    let c = raw_client(&node.addr());
+    let (mut sink, recv) = c.batch_raft_opt(with_source(Some("1"))).unwrap();
+    let s = block_on(async {
+        let mut b = BatchRaftMessage::default();
+        b.set_msgs(vec![msg(1, 1, 2)].into());
+        b.set_last_observed_time(tikv_util::unix_nanos_now() - 2_000_000_000);
+        sink.send((b, WriteFlags::default())).await.unwrap();
+        let _ = sink.close().await;
+        status_of(recv.await)
+    });
+    assert_eq!(s.code(), RpcStatusCode::UNKNOWN);
+    assert_eq!(node.ext.fed_count(), 1);
+    assert!(delays.get_sample_count() > count0);
+    // Other tests in this process add batches of a few milliseconds at most.
+    let added = delays.get_sample_sum() - sum0;
+    assert!(
+        (1.9..10.0).contains(&added),
+        "observed {}s for a batch stamped 2s ago",
+        added
+    );
+}
+
+/// A message from a store in a not-found episode ends the wait even when
+/// its call carries no `source_store_id` (an older TiKV): each message's
+/// `from_peer` is evidence of life, not only the header.
+#[test]
+fn message_without_source_header_ends_not_found_wait() {
+    for kind in RECEIVERS {
+        let pd = PdServer::single();
+        let (_w1, mut c1, node1) = store_1_waiting_for_store_3(&pd, &LogCapture::new());
+        let node3 = Node::start(kind, 3, "127.0.0.1:0");
+        pd.add_store(3, &node3.addr());
+        // Store 3 talks to store 1 with no header at all.
+        let s = batch_call(&node1.addr(), None, vec![vec![msg(2, 3, 1)]]);
+        assert_eq!((s.code(), s.message()), (RpcStatusCode::UNKNOWN, ""));
+        assert_eq!(node1.ext.fed_count(), 1);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut region = 100;
+        while node3.ext.fed_count() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{:?}: store 1 still waits out its hour",
+                kind
+            );
+            region += 1;
+            let _ = c1.send(msg(region, 1, 3));
+            c1.flush();
+            std::thread::park_timeout(Duration::from_millis(20));
+        }
+        assert!(c1.not_found_episode(3).is_none());
+        assert_balanced(&c1);
+    }
+}

@@ -153,7 +153,10 @@ impl Node {
         let receiving = match kind {
             Receiver::Ours => {
                 assert!(
-                    !opts.peer.require_source_store_id && !opts.peer.fail_every_call,
+                    !opts.peer.require_source_store_id
+                        && !opts.peer.fail_every_call
+                        && opts.peer.fail_first_calls == 0
+                        && !opts.peer.unimplemented_after_first_batch,
                     "upstream-like peer options"
                 );
                 let mut svc = Service::new(store_id, ext.clone());
@@ -286,6 +289,32 @@ pub fn raft_client_with(
         .security(security.clone())
         .logger(log.logger());
     (w, RaftClient::new(self_store_id, builder), ext)
+}
+
+/// Store 1 with hour-long backoffs, its receiver (our service) wired to
+/// its raft client's evidence-of-life hook and registered in `pd`, in a
+/// not-found episode for store 3, which PD does not know yet: only evidence
+/// of life can end that wait within a test's deadline.
+pub fn store_1_waiting_for_store_3(pd: &PdServer, log: &LogCapture) -> (Worker, Client, Node) {
+    let (w, c1, _) = raft_client(pd, 1, hour_backoffs_cfg(), log);
+    let alive_client = c1.clone();
+    let opts = NodeOptions {
+        alive: Some(Arc::new(move |store| {
+            alive_client.notify_store_alive(store)
+        })),
+        ..Default::default()
+    };
+    let node1 = Node::start_with(Receiver::Ours, 1, "127.0.0.1:0", opts);
+    pd.add_store(1, &node1.addr());
+    let mut c1 = c1;
+    c1.send(msg(1, 1, 3)).unwrap();
+    c1.flush();
+    wait_until(
+        Duration::from_secs(20),
+        "store 3 in a not-found episode",
+        || c1.not_found_episode(3).is_some(),
+    );
+    (w, c1, node1)
 }
 
 /// A message of `region_id` from store `from` to store `to`.

@@ -303,11 +303,37 @@ fn test_pd_http_api_answers_as_pd() {
     assert!(body.contains("\"count\": 0"), "{}", body);
     let (_, body) = lab.pd_api("GET", "/pd/api/v1/stores?state=2").unwrap();
     assert!(body.contains("\"count\": 1"), "{}", body);
+    // An Up and an Offline store next to it, registered as a store does.
+    use pd_client::PdClient;
+    let pd = pd_client::RpcClient::new(
+        &pd_client::Config::new(vec![lab.pd_endpoints.clone()]),
+        None,
+        tikv_util::logger::discard(),
+    )
+    .unwrap();
+    let mut others = Vec::new();
+    for port in [20991, 20992] {
+        let mut s = kvproto::metapb::Store::default();
+        s.set_id(pd.alloc_id().unwrap());
+        s.set_address(format!("127.0.0.1:{}", port));
+        pd.put_store(s.clone()).unwrap();
+        others.push(s.get_id());
+    }
+    let (code, _) = lab
+        .pd_api(
+            "POST",
+            &format!("/pd/api/v1/store/{}/state?state=Offline", others[1]),
+        )
+        .unwrap();
+    assert_eq!(code, 200);
     let (code, _) = lab
         .pd_api("DELETE", "/pd/api/v1/stores/remove-tombstone")
         .unwrap();
     assert_eq!(code, 200);
     assert_eq!(lab.pd_state(id).unwrap(), None);
+    // Only the Tombstone store is forgotten.
+    assert_eq!(lab.pd_state(others[0]).unwrap().as_deref(), Some("Up"));
+    assert_eq!(lab.pd_state(others[1]).unwrap().as_deref(), Some("Offline"));
     // The counters name the methods per store.
     let c = lab.counters().unwrap();
     assert!(c["methods"]["PutStore"].as_u64().unwrap() >= 1, "{}", c);

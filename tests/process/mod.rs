@@ -51,3 +51,79 @@ fn drill_reports_json_and_exit_status() {
     assert_eq!(f.code, Some(2));
     assert!(f.stderr.contains("usage"), "{}", f.stderr);
 }
+
+/// In the tikv-server binary a message from a store in a not-found episode
+/// ends the wait at once (its raft service has the evidence-of-life hook):
+/// store A, whose not-found backoffs are an hour, has peers on store D
+/// before D registers; D starts, talks to A, and A reaches D in seconds.
+#[test]
+fn store_process_ends_a_not_found_wait_on_evidence_of_life() {
+    use pd_client::PdClient;
+    use std::time::{Duration, Instant};
+    let mut lab = test_lab::Lab::start("new").unwrap();
+    let hour = "\"3600s\"";
+    let slow = lab
+        .store_config_with(
+            "slow.toml",
+            &[
+                ("raft-client-initial-reconnect-backoff", hour),
+                ("raft-client-max-backoff", hour),
+                ("raft-client-not-found-max-backoff", hour),
+            ],
+        )
+        .unwrap();
+    let a = lab
+        .start_store_with("store-a", &["--config", slow.to_str().unwrap()])
+        .unwrap();
+    let pd = pd_client::RpcClient::new(
+        &pd_client::Config::new(vec![lab.pd_endpoints.clone()]),
+        None,
+        tikv_util::logger::discard(),
+    )
+    .unwrap();
+    let d = pd.alloc_id().unwrap();
+    let url = lab
+        .status_url(a, &format!("/debug/synthetic/peer_store/{}", d))
+        .unwrap();
+    lab.http.request("PUT", &url, "").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let in_episode = |lab: &test_lab::Lab| {
+        lab.raft_client(a).ok().is_some_and(|v| {
+            v["pool"]["not_found"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e["store_id"].as_u64() == Some(d)))
+        })
+    };
+    while !in_episode(&lab) {
+        assert!(Instant::now() < deadline, "no not-found episode for {}", d);
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+    let dir = lab.data_dir("store-d");
+    std::fs::create_dir_all(&dir).unwrap();
+    server::ident::StoreIdent {
+        cluster_id: lab.cluster_id,
+        store_id: d,
+    }
+    .save(&dir)
+    .unwrap();
+    assert_eq!(lab.start_store("store-d").unwrap(), d);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = lab
+            .raft_client(d)
+            .ok()
+            .and_then(|v| v["traffic"]["reports"]["received_from"][a.to_string()].as_u64())
+            .unwrap_or(0);
+        if got > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "store {} still waits out its hour for store {}",
+            a,
+            d
+        );
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+    assert!(!in_episode(&lab));
+}

@@ -140,9 +140,10 @@ impl Lab {
     /// last) names `--addr` or `--status-addr`.
     pub fn store_command(&self, name: &str, extra: &[&str]) -> Result<Command, String> {
         let mut cmd = Command::new(bin("tikv-server")?);
-        cmd.arg("--config")
-            .arg(&self.config)
-            .args(["--pd", &self.pd_endpoints])
+        if !extra.contains(&"--config") {
+            cmd.arg("--config").arg(&self.config);
+        }
+        cmd.args(["--pd", &self.pd_endpoints])
             .arg("--data-dir")
             .arg(self.data_dir(name))
             .arg("--log-file")
@@ -155,6 +156,39 @@ impl Lab {
         }
         cmd.args(extra);
         Ok(cmd)
+    }
+
+    /// Writes the lab's store config with `overrides` (`key`, TOML value)
+    /// replacing the lab's own lines for those keys into `file` in the lab
+    /// dir; returns its path, for `--config` in `extra`.
+    pub fn store_config_with(
+        &self,
+        file: &str,
+        overrides: &[(&str, &str)],
+    ) -> Result<PathBuf, String> {
+        let text = std::fs::read_to_string(&self.config).map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        for line in text.lines() {
+            let key = line.split('=').next().unwrap_or("").trim();
+            match overrides.iter().find(|(k, _)| *k == key) {
+                Some((k, v)) => out.push_str(&format!("{} = {}\n", k, v)),
+                None => {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+        for (k, _) in overrides {
+            if !text
+                .lines()
+                .any(|l| l.split('=').next().unwrap_or("").trim() == *k)
+            {
+                return Err(format!("the lab config has no key {}", k));
+            }
+        }
+        let path = self.dir.path().join(file);
+        std::fs::write(&path, out).map_err(|e| format!("{}: {}", path.display(), e))?;
+        Ok(path)
     }
 
     /// Starts a store on a free port with data dir `name`; returns its id.

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use grpcio::{ChannelBuilder, Environment, RpcStatusCode};
+use kvproto::metapb;
 use kvproto::pdpb::*;
 use test_pd::{Method, NotFoundShape, Server};
 
@@ -233,4 +234,41 @@ fn answers_with_pds_texts() {
         pd.get_store(8).unwrap().get_state(),
         kvproto::metapb::StoreState::Tombstone
     );
+}
+
+/// remove-tombstone forgets Tombstone stores only: Up and Offline stores
+/// stay known and keep answering GetStore.
+#[test]
+fn remove_tombstone_forgets_only_tombstones() {
+    let pd = Server::single();
+    pd.add_store(1, "127.0.0.1:20161");
+    pd.add_store(2, "127.0.0.1:20162");
+    pd.add_store(3, "127.0.0.1:20163");
+    pd.set_offline(2);
+    pd.bury(3);
+    assert!(!pd.remove_tombstone(1), "an Up store is not forgotten");
+    assert!(!pd.remove_tombstone(2), "an Offline store is not forgotten");
+    assert_eq!(pd.remove_all_tombstones(), vec![3]);
+    assert_eq!(
+        pd.get_store(1).map(|s| s.get_state()),
+        Some(metapb::StoreState::Up)
+    );
+    assert_eq!(
+        pd.get_store(2).map(|s| s.get_state()),
+        Some(metapb::StoreState::Offline)
+    );
+    assert!(pd.get_store(3).is_none());
+    let c = raw(&pd.endpoints()[0]);
+    let mut all = GetAllStoresRequest::default();
+    all.set_header(header(pd.cluster_id()));
+    let ids: Vec<u64> = c
+        .get_all_stores(&all)
+        .unwrap()
+        .get_stores()
+        .iter()
+        .map(|s| s.get_id())
+        .collect();
+    let mut ids = ids;
+    ids.sort_unstable();
+    assert_eq!(ids, vec![1, 2]);
 }

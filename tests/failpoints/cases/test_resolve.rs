@@ -79,3 +79,31 @@ fn single_flight_holds_while_pd_is_slow() {
     assert_eq!(resolve_concurrently_not_found(&r, 6365, 16), 16);
     assert_eq!(pd.get_store_count(6365), 1);
 }
+
+/// After the tombstone verdict a resolution answers `StoreTombstone` even
+/// while the address PD gave before is still within its refresh interval.
+#[test]
+fn tombstone_verdict_wins_over_a_cached_address() {
+    let _s = fail::FailScenario::setup();
+    let pd = PdServer::single();
+    pd.add_store(3, "127.0.0.1:20163");
+    let (_w, r) = resolver(&pd, FakeExtension, ResolverConfig::default());
+    // Every resolution asks PD while the refresh interval is 0.
+    fail::cfg("mock_store_refresh_interval_secs", "return(0)").unwrap();
+    assert_eq!(resolve_blocking(&r, 3, T).unwrap(), "127.0.0.1:20163");
+    pd.bury(3);
+    assert!(matches!(
+        resolve_blocking(&r, 3, T),
+        Err(Error::StoreTombstone(3))
+    ));
+    // Back to 60s: the address PD gave a moment ago would be fresh again.
+    fail::remove("mock_store_refresh_interval_secs");
+    let calls = pd.get_store_count(3);
+    for _ in 0..3 {
+        assert!(matches!(
+            resolve_blocking(&r, 3, T),
+            Err(Error::StoreTombstone(3))
+        ));
+    }
+    assert_eq!(pd.get_store_count(3), calls, "no PD call after the verdict");
+}
