@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export RUST_BACKTRACE ?= 1
 
-.PHONY: all setup build run test unit-test process-test fail failpoint-test mutants clippy format format-check bench clean
+.PHONY: all setup build run test loom unit-test process-test fail failpoint-test mutants clippy format format-check bench clean
 
 all: build
 
@@ -31,6 +31,13 @@ test: setup
 	$(CARGO) test --workspace
 	$(CARGO) test --features failpoints --test failpoints
 	$(CARGO) test -p tikv-server --features failpoints --test failpoints
+	$(MAKE) loom
+
+## The raft client queue's concurrent core model-checked by loom: a
+## `--cfg loom` build of components/raft_queue alone, in its own target dir
+## (the flag would otherwise rebuild everything, gRPC's core included).
+loom:
+	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom $(CARGO) test -p raft_queue --test loom --release
 
 ## Only the removed-store scenario and CLI tests on real processes.
 process-test: setup
