@@ -37,6 +37,9 @@ SUITES = [
     ["cargo", "test", "--workspace"],
     ["cargo", "test", "--features", "failpoints", "--test", "failpoints"],
     ["cargo", "test", "-p", "tikv-server", "--features", "failpoints", "--test", "failpoints"],
+    # The queue's loom model, in a target dir of its own (see the Makefile).
+    ["env", "RUSTFLAGS=--cfg loom", "CARGO_TARGET_DIR=" + os.path.join(ROOT, "target", "mutants-loom"),
+     "cargo", "test", "-p", "raft_queue", "--test", "loom", "--release"],
 ]
 
 

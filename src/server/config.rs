@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use tikv_util::config::{ReadableDuration, ReadableSize};
 
 /// Default `raft-client-queue-size`.
-pub const DEFAULT_RAFT_CLIENT_QUEUE_SIZE: usize = 8192;
+/// (upstream's since tikv/tikv PR #17821), split across the connections.
+pub const DEFAULT_RAFT_CLIENT_QUEUE_SIZE: usize = 16384;
 
 /// `[server]` settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -37,6 +38,11 @@ pub struct Config {
     pub raft_msg_max_batch_size: usize,
     /// Bytes per gRPC message.
     pub max_grpc_send_msg_len: ReadableSize,
+    /// Room kept free in a batch below `max-grpc-send-msg-len` for what the
+    /// cheap size estimate misses (at most half of it is used).
+    pub raft_client_grpc_send_msg_buffer: ReadableSize,
+    /// The HTTP/2 stream window of a raft connection.
+    pub grpc_stream_initial_window_size: ReadableSize,
     /// gRPC keepalive ping interval.
     pub grpc_keepalive_time: ReadableDuration,
     /// gRPC keepalive ping timeout.
@@ -67,8 +73,10 @@ impl Default for Config {
             raft_client_queue_size: DEFAULT_RAFT_CLIENT_QUEUE_SIZE,
             raft_client_max_backoff: ReadableDuration::secs(5),
             raft_client_initial_reconnect_backoff: ReadableDuration::secs(1),
-            raft_msg_max_batch_size: 128,
+            raft_msg_max_batch_size: 256,
             max_grpc_send_msg_len: ReadableSize::mb(10),
+            raft_client_grpc_send_msg_buffer: ReadableSize::kb(512),
+            grpc_stream_initial_window_size: ReadableSize::mb(2),
             grpc_keepalive_time: ReadableDuration::secs(10),
             grpc_keepalive_timeout: ReadableDuration::secs(3),
             raft_client_connect_timeout: ReadableDuration::secs(3),
@@ -147,6 +155,13 @@ impl Config {
                 self.max_grpc_send_msg_len
             ));
         }
+        let window = self.grpc_stream_initial_window_size.0;
+        if window < 64 * 1024 || window > i32::MAX as u64 {
+            return err(format!(
+                "grpc-stream-initial-window-size must be between 64KiB and 2GiB, got {}",
+                self.grpc_stream_initial_window_size
+            ));
+        }
         if self.raft_client_call_confirm_window.is_zero() {
             return err("raft-client-call-confirm-window must be positive".into());
         }
@@ -171,6 +186,14 @@ impl Config {
     /// Queue capacity of one connection.
     pub fn queue_size_per_conn(&self) -> usize {
         (self.raft_client_queue_size / self.grpc_raft_conn_num).max(1)
+    }
+
+    /// The estimated bytes a batch may hold for a gRPC message of at most
+    /// `max_bytes`: less `raft-client-grpc-send-msg-buffer`, but never less
+    /// than half of it.
+    pub fn batch_budget(&self, max_bytes: usize) -> usize {
+        let buffer = (self.raft_client_grpc_send_msg_buffer.0 as usize).min(max_bytes / 2);
+        (max_bytes - buffer).max(1)
     }
 
     /// The initial reconnect backoff as a `Duration`.
@@ -323,14 +346,27 @@ mod tests {
         let c = Config::default();
         c.validate().unwrap();
         assert_eq!(c.grpc_raft_conn_num, 1);
-        assert_eq!(c.raft_client_queue_size, 8192);
+        // Upstream master: 16384 since tikv/tikv PR #17821, split across
+        // the connections (PR #19543).
+        assert_eq!(c.raft_client_queue_size, 16384);
+        assert_eq!(c.queue_size_per_conn(), 16384);
+        let four = Config {
+            grpc_raft_conn_num: 4,
+            ..Config::default()
+        };
+        assert_eq!(four.queue_size_per_conn(), 4096);
         assert_eq!(c.raft_client_max_backoff, ReadableDuration::secs(5));
         assert_eq!(
             c.raft_client_initial_reconnect_backoff,
             ReadableDuration::secs(1)
         );
-        assert_eq!(c.raft_msg_max_batch_size, 128);
+        assert_eq!(c.raft_msg_max_batch_size, 256);
         assert_eq!(c.max_grpc_send_msg_len, ReadableSize::mb(10));
+        assert_eq!(c.raft_client_grpc_send_msg_buffer, ReadableSize::kb(512));
+        assert_eq!(c.grpc_stream_initial_window_size, ReadableSize::mb(2));
+        // The batch budget keeps the buffer free, or half a small limit.
+        assert_eq!(c.batch_budget(10 << 20), (10 << 20) - (512 << 10));
+        assert_eq!(c.batch_budget(2048), 1024);
         assert_eq!(
             c.raft_client_not_found_max_backoff,
             ReadableDuration::secs(60)
@@ -357,6 +393,8 @@ mod tests {
             ("max-grpc-send-msg-len = 0", "max-grpc-send-msg-len"),
             ("max-grpc-send-msg-len = \"4GiB\"", "max-grpc-send-msg-len"),
             ("raft-client-call-confirm-window = \"0s\"", "raft-client-call-confirm-window"),
+            ("grpc-stream-initial-window-size = \"1KiB\"", "grpc-stream-initial-window-size"),
+            ("grpc-stream-initial-window-size = \"4GiB\"", "grpc-stream-initial-window-size"),
         ];
         for (body, needle) in cases {
             let c: TikvConfig = toml::from_str(&format!("[server]\n{}", body)).unwrap();

@@ -40,7 +40,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::executor::ThreadPool;
@@ -97,21 +97,31 @@ pub enum DiscardReason {
     Filtered,
 }
 
-struct QueueInner {
-    buf: VecDeque<RaftMessage>,
-    closed: bool,
-    interrupted: bool,
-    waker: Option<Waker>,
+/// The queue of one connection: senders push into a lock-free bounded ring
+/// ([`raft_queue::Queue`]: an atomic state word makes `close` exact, see
+/// its doc); the connection task alone takes from it. What the task took
+/// and must put back (a refused call's messages, or the message that did
+/// not fit in the last batch) goes into `front`, read before the ring; only
+/// the task and `close` touch it, never a sender.
+struct Queue {
+    ring: raft_queue::Queue<RaftMessage>,
+    front: Mutex<VecDeque<RaftMessage>>,
+    front_len: AtomicUsize,
 }
 
-/// The bounded queue of one connection.
-struct Queue {
-    cap: usize,
-    inner: Mutex<QueueInner>,
+/// A batch taken from a queue.
+struct Batch {
+    msgs: Vec<RaftMessage>,
+    /// Messages that can never be sent (larger than a gRPC message).
+    oversized: Vec<RaftMessage>,
+    /// The batch was cut because the next message did not fit: a write
+    /// surely follows it, so gRPC may buffer this one.
+    cut_for_size: bool,
 }
 
 /// Bytes `msg` takes as a `msgs` entry of a `BatchRaftMessage`: tag,
-/// length varint and body.
+/// length varint and body. Exact, so dear: only for messages whose
+/// estimate is near the limit.
 fn encoded_len_in_batch(msg: &RaftMessage) -> usize {
     let body = msg.compute_size() as usize;
     let mut varint = 1;
@@ -123,6 +133,27 @@ fn encoded_len_in_batch(msg: &RaftMessage) -> usize {
     1 + varint + body
 }
 
+/// What a message adds to a batch, estimated without encoding it: the
+/// variable parts (keys, context, entry data and context, snapshot data)
+/// plus a bound on the fixed fields (ids, terms, epochs: at most a few
+/// dozen bytes each) and per entry. Upstream estimates the same way
+/// (tikv/tikv `src/server/raft_client.rs`, the batch buffer's message
+/// size); the config's `raft-client-grpc-send-msg-buffer` covers the
+/// difference to the exact size.
+fn estimated_size(msg: &RaftMessage) -> usize {
+    const FIXED: usize = 128;
+    const PER_ENTRY: usize = 24;
+    let m = msg.get_message();
+    let mut n = FIXED + msg.get_start_key().len() + msg.get_end_key().len() + m.get_context().len();
+    for e in m.get_entries() {
+        n += PER_ENTRY + e.get_data().len() + e.get_context().len();
+    }
+    if m.has_snapshot() {
+        n += FIXED + m.get_snapshot().get_data().len();
+    }
+    n
+}
+
 enum Event {
     Messages,
     Interrupted,
@@ -132,13 +163,9 @@ enum Event {
 impl Queue {
     fn new(cap: usize) -> Queue {
         Queue {
-            cap,
-            inner: Mutex::new(QueueInner {
-                buf: VecDeque::new(),
-                closed: false,
-                interrupted: false,
-                waker: None,
-            }),
+            ring: raft_queue::Queue::new(cap),
+            front: Mutex::new(VecDeque::new()),
+            front_len: AtomicUsize::new(0),
         }
     }
 
@@ -146,95 +173,104 @@ impl Queue {
     // queue without cloning on the hot path.
     #[allow(clippy::result_large_err)]
     fn push(&self, msg: RaftMessage) -> Result<(), (DiscardReason, RaftMessage)> {
-        let mut g = self.inner.lock().unwrap();
-        if g.closed {
-            return Err((DiscardReason::Disconnected, msg));
-        }
-        if g.buf.len() >= self.cap {
-            return Err((DiscardReason::Full, msg));
-        }
-        g.buf.push_back(msg);
-        Ok(())
-    }
-
-    fn wake(g: &mut QueueInner) {
-        if let Some(w) = g.waker.take() {
-            w.wake();
-        }
+        self.ring.push(msg).map_err(|e| match e {
+            raft_queue::PushError::Full(m) => (DiscardReason::Full, m),
+            raft_queue::PushError::Closed(m) => (DiscardReason::Disconnected, m),
+        })
     }
 
     fn notify(&self) {
-        Self::wake(&mut self.inner.lock().unwrap());
+        self.ring.notify();
     }
 
     fn interrupt(&self) {
-        let mut g = self.inner.lock().unwrap();
-        g.interrupted = true;
-        Self::wake(&mut g);
+        self.ring.interrupt();
     }
 
-    /// Closes the queue; returns what was still pending.
+    /// Closes the queue; returns what was still pending, oldest first.
     fn close(&self) -> Vec<RaftMessage> {
-        let mut g = self.inner.lock().unwrap();
-        g.closed = true;
-        Self::wake(&mut g);
-        g.buf.drain(..).collect()
+        let ring = self.ring.close();
+        let mut front = self.front.lock().unwrap();
+        self.front_len.store(0, Ordering::SeqCst);
+        let mut out: Vec<_> = front.drain(..).collect();
+        out.extend(ring);
+        out
     }
 
     /// Puts messages taken earlier back at the front, in order, whatever
     /// the capacity (they were accepted once). A closed queue hands them back.
     fn requeue_front(&self, msgs: Vec<RaftMessage>) -> Vec<RaftMessage> {
-        let mut g = self.inner.lock().unwrap();
-        if g.closed {
+        let mut front = self.front.lock().unwrap();
+        // Checked under the lock `close` drains `front` under: either
+        // `close` takes them or they come back here.
+        if self.ring.is_closed() {
             return msgs;
         }
         for m in msgs.into_iter().rev() {
-            g.buf.push_front(m);
+            front.push_front(m);
         }
+        self.front_len.store(front.len(), Ordering::SeqCst);
         Vec::new()
     }
 
     fn is_closed(&self) -> bool {
-        self.inner.lock().unwrap().closed
+        self.ring.is_closed()
     }
 
     fn drain(&self) -> Vec<RaftMessage> {
-        self.inner.lock().unwrap().buf.drain(..).collect()
-    }
-
-    /// Takes up to `max_n` messages whose encoding inside a
-    /// `BatchRaftMessage` fits in `max_bytes` (a single larger message is
-    /// still taken alone, so nothing is stuck).
-    fn take_batch(&self, max_n: usize, max_bytes: usize) -> Vec<RaftMessage> {
-        let mut g = self.inner.lock().unwrap();
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        while out.len() < max_n {
-            let Some(front) = g.buf.front() else { break };
-            let size = encoded_len_in_batch(front);
-            if !out.is_empty() && bytes + size > max_bytes {
-                break;
-            }
-            bytes += size;
-            out.push(g.buf.pop_front().unwrap());
-        }
+        let mut front = self.front.lock().unwrap();
+        self.front_len.store(0, Ordering::SeqCst);
+        let mut out: Vec<_> = front.drain(..).collect();
+        out.extend(self.ring.drain());
         out
     }
 
+    /// Takes up to `max_n` messages whose estimated size fits `budget`
+    /// bytes (a single larger message is taken alone, so nothing is
+    /// stuck). A message larger than `max_bytes` (exactly) is set aside as
+    /// oversized before batching, so a batch cut for size is always
+    /// followed by another write.
+    fn take_batch(&self, max_n: usize, budget: usize, max_bytes: usize) -> Batch {
+        let mut front = self.front.lock().unwrap();
+        let mut b = Batch {
+            msgs: Vec::new(),
+            oversized: Vec::new(),
+            cut_for_size: false,
+        };
+        let mut bytes = 0;
+        while b.msgs.len() < max_n {
+            let Some(m) = front.pop_front().or_else(|| self.ring.pop()) else {
+                break;
+            };
+            let size = estimated_size(&m);
+            if size > budget && encoded_len_in_batch(&m) > max_bytes {
+                b.oversized.push(m);
+                continue;
+            }
+            if !b.msgs.is_empty() && bytes + size > budget {
+                front.push_front(m);
+                b.cut_for_size = true;
+                break;
+            }
+            bytes += size;
+            b.msgs.push(m);
+        }
+        self.front_len.store(front.len(), Ordering::SeqCst);
+        b
+    }
+
     fn poll_event(&self, cx: &mut Context<'_>, want_interrupt: bool) -> Poll<Event> {
-        let mut g = self.inner.lock().unwrap();
-        if g.closed {
-            return Poll::Ready(Event::Closed);
+        match self.ring.poll_event(cx, want_interrupt) {
+            Poll::Ready(raft_queue::Event::Closed) => Poll::Ready(Event::Closed),
+            Poll::Ready(raft_queue::Event::Interrupted) => Poll::Ready(Event::Interrupted),
+            Poll::Ready(raft_queue::Event::Messages) => Poll::Ready(Event::Messages),
+            // Only the task fills `front`, so it cannot change while the
+            // task waits: looking after the ring loses no wake-up.
+            Poll::Pending if self.front_len.load(Ordering::SeqCst) > 0 => {
+                Poll::Ready(Event::Messages)
+            }
+            Poll::Pending => Poll::Pending,
         }
-        if want_interrupt && g.interrupted {
-            g.interrupted = false;
-            return Poll::Ready(Event::Interrupted);
-        }
-        if !g.buf.is_empty() {
-            return Poll::Ready(Event::Messages);
-        }
-        g.waker = Some(cx.waker().clone());
-        Poll::Pending
     }
 
     fn event(&self, want_interrupt: bool) -> impl Future<Output = Event> + '_ {
@@ -242,7 +278,7 @@ impl Queue {
     }
 
     fn clear_interrupt(&self) {
-        self.inner.lock().unwrap().interrupted = false;
+        self.ring.clear_interrupt();
     }
 }
 
@@ -816,17 +852,24 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> Shared<R, E> {
         }
     }
 
-    /// Waits until `deadline`, reporting messages that arrive meanwhile.
-    /// Returns false when the queue was closed.
+    /// Waits until `deadline`, reporting messages that arrive meanwhile;
+    /// then, if nothing is queued, until a message is: an idle connection
+    /// makes no PD call and no connection attempt, and the first message
+    /// after the deadline is handled at once (never before it). Returns
+    /// false when the queue was closed.
     async fn backoff(&self, store_id: u64, q: &Queue, deadline: Instant, reason: &str) -> bool {
         let mut delay = tikv_util::timer::delay(deadline);
         loop {
             match future::select(&mut delay, Box::pin(q.event(true))).await {
-                Either::Left(_) => return !q.is_closed(),
+                Either::Left(_) => break,
                 Either::Right((Event::Interrupted, _)) => return true,
                 Either::Right((Event::Closed, _)) => return false,
                 Either::Right((Event::Messages, _)) => self.report_pending(store_id, q, reason),
             }
+        }
+        match q.event(true).await {
+            Event::Closed => false,
+            Event::Interrupted | Event::Messages => true,
         }
     }
 }
@@ -1025,7 +1068,14 @@ async fn connection_loop<R: StoreAddrResolver + Sync, E: RaftExtension>(
             .keepalive_timeout(cfg.grpc_keepalive_timeout.0)
             .initial_reconnect_backoff(initial)
             .max_reconnect_backoff(cfg.raft_client_max_backoff.0)
-            .max_send_message_len(cfg.max_grpc_send_msg_len.0 as i32);
+            .max_send_message_len(cfg.max_grpc_send_msg_len.0 as i32)
+            .stream_initial_window_size(cfg.grpc_stream_initial_window_size.0 as i32)
+            // A channel argument of its own per connection, so gRPC gives
+            // each conn_id its own TCP connection (as upstream's "random id").
+            .raw_cfg_int(
+                std::ffi::CString::new("random id").expect("no NUL"),
+                conn_id as i32,
+            );
         let ch = shared.security.connect(cb, &addr);
         let connected = ch
             .wait_for_connected(cfg.raft_client_connect_timeout.0)
@@ -1103,19 +1153,17 @@ async fn connection_loop<R: StoreAddrResolver + Sync, E: RaftExtension>(
 
 /// A message larger than a gRPC message may be can never be sent: report
 /// it unreachable instead of failing the stream over and over.
-fn drop_oversized<R: StoreAddrResolver + Sync, E: RaftExtension>(
+fn report_oversized<R: StoreAddrResolver + Sync, E: RaftExtension>(
     shared: &Shared<R, E>,
     store_id: u64,
-    mut msgs: Vec<RaftMessage>,
-    max_bytes: usize,
-) -> Vec<RaftMessage> {
-    if msgs.len() == 1 && encoded_len_in_batch(&msgs[0]) > max_bytes {
+    msgs: Vec<RaftMessage>,
+) {
+    for m in &msgs {
         warn!(shared.logger, "raft message is larger than max-grpc-send-msg-len, dropped";
-            "store_id" => store_id, "region_id" => msgs[0].get_region_id(),
-            "size" => msgs[0].compute_size());
-        shared.report_msgs(store_id, std::mem::take(&mut msgs), "oversize");
+            "store_id" => store_id, "region_id" => m.get_region_id(),
+            "size" => m.compute_size());
     }
-    msgs
+    shared.report_msgs(store_id, msgs, "oversize");
 }
 
 fn target(m: &RaftMessage) -> (u64, u64) {
@@ -1148,9 +1196,14 @@ impl CallSink {
     }
 
     /// Writes `msgs`; on failure also says how many were written first.
-    /// Each write is flushed: a buffered write (`buffer_hint`) may wait in
-    /// gRPC for the next unbuffered one, which may never come.
-    async fn write(&mut self, msgs: Vec<RaftMessage>) -> Result<(), (grpcio::Error, usize)> {
+    /// `more` says a next write surely follows (the batch was cut for
+    /// size): only then may gRPC buffer this one (`buffer_hint`), since a
+    /// buffered write waits for the next unbuffered one.
+    async fn write(
+        &mut self,
+        msgs: Vec<RaftMessage>,
+        more: bool,
+    ) -> Result<(), (grpcio::Error, usize)> {
         // A write that fails before anything of it is written, the call
         // still up (as a write racing a reset does).
         fail::fail_point!("raft_client_write_error", |_| Err((
@@ -1162,12 +1215,13 @@ impl CallSink {
                 let mut b = BatchRaftMessage::default();
                 b.set_msgs(msgs.into());
                 b.set_last_observed_time(tikv_util::unix_nanos_now());
-                s.send((b, WriteFlags::default())).await.map_err(|e| (e, 0))
+                let flags = WriteFlags::default().buffer_hint(more);
+                s.send((b, flags)).await.map_err(|e| (e, 0))
             }
             CallSink::Single(s) => {
                 let n = msgs.len();
                 for (i, m) in msgs.into_iter().enumerate() {
-                    let flags = WriteFlags::default().buffer_hint(i + 1 < n);
+                    let flags = WriteFlags::default().buffer_hint(more || i + 1 < n);
                     s.send((m, flags)).await.map_err(|e| (e, i))?;
                 }
                 Ok(())
@@ -1216,8 +1270,11 @@ fn decide_end(from_write: CallEnd, from_call: Option<CallEnd>) -> CallEnd {
 
 /// Drains the queue into one call until the queue is closed or the call
 /// ends. Messages written before the call is confirmed are held (cloned)
-/// until it is; at most a queue's worth, after which the call counts as
-/// confirmed.
+/// until it is, but never more than the call's stream window in bytes
+/// (`grpc-stream-initial-window-size`): a peer that refuses the call
+/// without reading it grants no window, so once more than a window was
+/// written the peer has read, and the call counts as confirmed. At full
+/// speed that ends the cloning within the first window of a call.
 async fn run_call<R: StoreAddrResolver + Sync, E: RaftExtension>(
     shared: &Shared<R, E>,
     store_id: u64,
@@ -1231,12 +1288,15 @@ async fn run_call<R: StoreAddrResolver + Sync, E: RaftExtension>(
     let max_bytes = (cfg.max_grpc_send_msg_len.0 as usize)
         .saturating_sub(32)
         .max(1);
-    let hold_cap = cfg.queue_size_per_conn();
+    let budget = cfg.batch_budget(max_bytes);
+    let hold_cap = cfg.grpc_stream_initial_window_size.0 as usize;
+    let mut held_bytes = 0;
     let mut recv = Box::pin(recv);
     let mut held: Vec<RaftMessage> = Vec::new();
     let mut confirm_at: Option<Instant> = None;
     let mut timer: Option<tikv_util::timer::Delay> = None;
     let mut confirmed = false;
+    let mut more;
     loop {
         if !confirmed && confirm_at.is_some_and(|t| Instant::now() >= t) {
             confirmed = true;
@@ -1277,8 +1337,12 @@ async fn run_call<R: StoreAddrResolver + Sync, E: RaftExtension>(
             }
             CallEvent::Queue(Event::Messages) => {
                 fail::fail_point!("raft_client_before_take_batch");
-                let msgs = q.take_batch(cfg.raft_msg_max_batch_size, max_bytes);
-                drop_oversized(shared, store_id, msgs, max_bytes)
+                let b = q.take_batch(cfg.raft_msg_max_batch_size, budget, max_bytes);
+                if !b.oversized.is_empty() {
+                    report_oversized(shared, store_id, b.oversized);
+                }
+                more = b.cut_for_size;
+                b.msgs
             }
             CallEvent::Queue(Event::Interrupted) | CallEvent::Confirm => continue,
         };
@@ -1294,17 +1358,18 @@ async fn run_call<R: StoreAddrResolver + Sync, E: RaftExtension>(
                 confirm_at = Some(t);
                 timer = Some(tikv_util::timer::delay(t));
             }
+            held_bytes += msgs.iter().map(estimated_size).sum::<usize>();
             held.extend(msgs.iter().cloned());
             Vec::new()
         };
-        match sink.write(msgs).await {
+        match sink.write(msgs, more).await {
             Ok(()) => {
                 RAFT_MESSAGE_FLUSH_COUNTER
                     .with_label_values(&[sink.kind()])
                     .inc();
                 if confirmed {
                     delivered.fetch_add(n as u64, Ordering::SeqCst);
-                } else if held.len() >= hold_cap {
+                } else if held_bytes > hold_cap {
                     confirmed = true;
                     timer = None;
                     delivered.fetch_add(held.len() as u64, Ordering::SeqCst);
@@ -1339,10 +1404,10 @@ const MAX_CANCELLED_RETRIES: usize = 3;
 /// call when the peer cancelled a first call before it was confirmed (the
 /// refusal may have raced its UNIMPLEMENTED; a few times at most).
 async fn stream<R: StoreAddrResolver + Sync, E: RaftExtension>(
-    shared: &Shared<R, E>,
+    shared: &Arc<Shared<R, E>>,
     store_id: u64,
     conn_id: usize,
-    q: &Queue,
+    q: &Arc<Queue>,
     client: &TikvClient,
     batch_supported: &mut Option<bool>,
 ) -> CallOutcome {
@@ -1361,7 +1426,19 @@ async fn stream<R: StoreAddrResolver + Sync, E: RaftExtension>(
             Ok(c) => c,
             Err(e) => return CallOutcome::failed(format!("{:?}", e)),
         };
-        let out = run_call(shared, store_id, q, sink, recv).await;
+        // The call's sender runs on the channel's own completion-queue
+        // thread (as upstream's, `client.spawn`): a flush wakes it there,
+        // and each write completes there, with no hop through our executor.
+        let (tx, rx) = futures::channel::oneshot::channel();
+        let (sh, qq) = (shared.clone(), q.clone());
+        client.spawn(async move {
+            let _ = tx.send(run_call(&sh, store_id, &qq, sink, recv).await);
+        });
+        // Dropped unrun only when gRPC's environment shuts down (the
+        // process is ending).
+        let out = rx.await.unwrap_or_else(|_| {
+            CallOutcome::failed("the call's task was dropped by gRPC".to_owned())
+        });
         match out.end {
             CallEnd::Unimplemented if batch => {
                 info!(shared.logger, "peer does not implement BatchRaft, fall back to Raft";

@@ -39,8 +39,13 @@ impl Server {
         })?;
         // gRPC binds with SO_REUSEPORT by default: a second store on the
         // same port would share it silently. Refuse instead.
+        // As upstream's server: up to 1024 concurrent streams per
+        // connection, and no limit on a received message's length (the
+        // sender bounds it with its max-grpc-send-msg-len).
         let args = ChannelBuilder::new(env.clone())
             .reuse_port(false)
+            .max_concurrent_stream(1024)
+            .max_receive_message_len(-1)
             .build_args();
         let builder = ServerBuilder::new(env)
             .channel_args(args)

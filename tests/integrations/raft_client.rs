@@ -20,29 +20,35 @@ fn delivers_in_batches() {
         let node = Node::start(kind, 2, "127.0.0.1:0");
         pd.add_store(2, &node.addr());
         let log = LogCapture::new();
-        let (_w, mut c, _) = raft_client(&pd, 1, fast_cfg(), &log);
-        for i in 0..300 {
+        let cfg = fast_cfg();
+        let max = cfg.raft_msg_max_batch_size as u64;
+        assert_eq!(max, 256, "upstream master's default");
+        let n = 3 * max;
+        let (_w, mut c, _) = raft_client(&pd, 1, cfg, &log);
+        for i in 0..n {
             c.send(msg(i, 1, 2)).unwrap();
         }
         c.flush();
-        wait_until(T, "300 messages fed", || node.ext.fed_count() == 300);
+        wait_until(T, "every message fed", || {
+            node.ext.fed_count() == n as usize
+        });
         assert!(
             node.batches() >= 3,
             "{:?}: {} batches",
             kind,
             node.batches()
         );
-        assert!(node.batches() < 300, "messages were batched");
-        assert!(node.max_batch() <= 128);
+        assert!(node.batches() < n, "messages were batched");
+        assert!(node.max_batch() <= max);
         // Order is kept within a connection.
         let regions: Vec<u64> = node
             .ext
             .with(|r| r.fed.iter().map(|m| m.get_region_id()).collect());
-        assert_eq!(regions, (0..300).collect::<Vec<_>>());
+        assert_eq!(regions, (0..n).collect::<Vec<_>>());
         // One call carried everything: nothing was refused or retried.
         assert_eq!(node.calls(), 1, "{:?}", kind);
         let s = assert_balanced(&c);
-        assert_eq!(s.delivered, 300);
+        assert_eq!(s.delivered, n);
         assert_eq!(s.reported_unreachable, 0);
     }
 }
@@ -338,8 +344,11 @@ fn removed_store_backs_off_doubling_to_the_cap() {
     let start = Instant::now();
     c.send(msg(1, 1, 9)).unwrap();
     c.flush();
-    // Attempts at 0, 50, 150, 350, 750, 1150 ms at the earliest.
-    wait_until(T, "6 GetStore calls", || pd.get_store_count(9) >= 6);
+    // Attempts at 0, 50, 150, 350, 750, 1150 ms at the earliest, while
+    // traffic keeps coming.
+    wait_sending(&mut c, 1, 9, "6 GetStore calls", |_| {
+        pd.get_store_count(9) >= 6
+    });
     let elapsed = start.elapsed();
     assert!(
         elapsed >= Duration::from_millis(1150),
@@ -356,7 +365,7 @@ fn removed_store_backs_off_doubling_to_the_cap() {
     c.send(msg(2, 1, 9)).unwrap();
     c.flush();
     let s = assert_balanced(&c);
-    assert_eq!(s.reported_unreachable, 2);
+    assert_eq!(s.reported_unreachable, s.sent);
     assert!(ext.maybe_tombstone_count(9) >= 5);
 }
 
@@ -371,9 +380,7 @@ fn not_found_warnings_are_throttled_per_interval() {
     };
     let (_w, mut c, _) = raft_client(&pd, 1, cfg, &log);
     let start = Instant::now();
-    c.send(msg(1, 1, 9)).unwrap();
-    c.flush();
-    wait_until(T, "20 attempts", || pd.get_store_count(9) >= 20);
+    wait_sending(&mut c, 1, 9, "20 attempts", |_| pd.get_store_count(9) >= 20);
     let elapsed = start.elapsed();
     let warns = log.count(Level::Warning, "not found", Some(9));
     // At most one at once plus one per full interval elapsed.
@@ -454,7 +461,7 @@ fn many_connections_to_removed_store_share_one_pd_call_per_step() {
     }
     c.flush();
     wait_until(T, "4 connections", || c.connection_count() == 4);
-    wait_until(T, "6 backoff steps", || {
+    wait_sending(&mut c, 1, 9, "6 backoff steps", |c| {
         c.not_found_episode(9).is_some_and(|(a, _)| a >= 6)
     });
     let before = c.not_found_episode(9).unwrap().0;
@@ -506,9 +513,7 @@ fn other_resolve_errors_retry_at_max_backoff() {
     let log = LogCapture::new();
     let (_w, mut c, _) = raft_client(&pd, 1, fast_cfg(), &log); // max backoff 200ms
     let start = Instant::now();
-    c.send(msg(1, 1, 4)).unwrap();
-    c.flush();
-    wait_until(T, "4 attempts", || pd.get_store_count(4) >= 4);
+    wait_sending(&mut c, 1, 4, "4 attempts", |_| pd.get_store_count(4) >= 4);
     assert!(start.elapsed() >= Duration::from_millis(600));
     assert!(c.not_found_episode(4).is_none());
     assert!(!c.is_tombstone(4));
@@ -605,51 +610,6 @@ fn late_connections_join_the_store_s_not_found_schedule() {
     assert_eq!(s.reported_unreachable, 4);
 }
 
-/// The confirm window runs from a call's first write: a call that sat idle
-/// longer than the window, then was refused with UNIMPLEMENTED after its
-/// first write, still had nothing confirmed, and what it was given is sent
-/// again over `Raft`.
-#[test]
-fn confirm_window_starts_at_the_first_write() {
-    let pd = PdServer::single();
-    let opts = NodeOptions {
-        peer: PeerOptions {
-            // The first call fails at once: the next one opens with an
-            // empty queue and sits idle.
-            fail_first_calls: 1,
-            unimplemented_after_first_batch: true,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let node = Node::start_with(Receiver::Upstream, 2, "127.0.0.1:0", opts);
-    pd.add_store(2, &node.addr());
-    let cfg = fast_cfg();
-    let window = cfg.raft_client_call_confirm_window.0;
-    let (_w, mut c, _) = raft_client(&pd, 1, cfg, &LogCapture::new());
-    c.send(msg(0, 1, 2)).unwrap();
-    c.flush();
-    wait_until(T, "a second call, open and idle", || node.calls() == 2);
-    let idle_until = Instant::now() + window * 2;
-    wait_until(T, "the call idle for twice the window", || {
-        Instant::now() >= idle_until
-    });
-    for i in 1..=100 {
-        c.send(msg(i, 1, 2)).unwrap();
-    }
-    c.flush();
-    wait_until(T, "100 messages fed over Raft", || {
-        node.ext.fed_count() == 100
-    });
-    let regions: Vec<u64> = node
-        .ext
-        .with(|r| r.fed.iter().map(|m| m.get_region_id()).collect());
-    assert_eq!(regions, (1..=100).collect::<Vec<_>>());
-    assert!(node.upstream().unwrap().raft_calls() >= 1);
-    let s = assert_balanced(&c);
-    assert_eq!((s.delivered, s.reported_unreachable), (100, 1));
-}
-
 /// The `Raft` fallback is remembered per address: after the peer restarts
 /// on the same address, the new connection goes straight to `Raft`.
 #[test]
@@ -685,4 +645,118 @@ fn fallback_is_remembered_across_reconnects() {
         "no BatchRaft call to an address known to predate it"
     );
     assert_balanced(&c);
+}
+
+/// A loopback address nothing listens on, held for the test (a socket
+/// bound but not listening refuses every dial, and no other bind on port 0
+/// can be given its port meanwhile).
+fn dead_address() -> (socket2::Socket, String) {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    sock.bind(&any.into()).unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap().to_string();
+    (sock, addr)
+}
+
+/// Lets `d` pass while checking `still` holds all along (an observation
+/// window, not a wait for something to happen).
+fn holds_for(d: Duration, what: &str, mut still: impl FnMut() -> bool) {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        assert!(still(), "{}", what);
+        std::thread::park_timeout(Duration::from_millis(10));
+    }
+    assert!(still(), "{}", what);
+}
+
+/// An idle connection costs nothing: a store PD does not know (store 9)
+/// and a store whose address refuses connections (store 2), each sent one
+/// message, then nothing for many backoff periods: no PD call, no
+/// connection attempt, no log line about them. The first message after
+/// that is handled at once (its schedule allows it).
+#[test]
+fn idle_connection_costs_nothing() {
+    let pd = PdServer::single();
+    let (_dead, addr) = dead_address();
+    pd.add_store(2, &addr);
+    let log = LogCapture::new();
+    let cfg = fast_cfg(); // backoffs 50ms doubling to 200ms (400ms not-found)
+    let (_w, mut c, _) = raft_client(&pd, 1, cfg, &log);
+    c.send(msg(1, 1, 9)).unwrap();
+    c.send(msg(1, 1, 2)).unwrap();
+    c.flush();
+    wait_until(T, "store 9 not found, store 2 refused", || {
+        c.not_found_episode(9).is_some()
+            && c.connection_attempts(2) >= 1
+            && c.stats().reported_unreachable == 2
+    });
+    // Let the first backoffs (at most 400ms) run out, then look.
+    let settle = Instant::now() + Duration::from_millis(500);
+    wait_until(T, "the first backoffs to pass", || Instant::now() >= settle);
+    let (calls9, calls2, attempts2) = (
+        pd.get_store_count(9),
+        pd.get_store_count(2),
+        c.connection_attempts(2),
+    );
+    let lines = |s: u64| {
+        log.records()
+            .iter()
+            .filter(|r| {
+                r.kvs
+                    .iter()
+                    .any(|(k, v)| k == "store_id" && v == &s.to_string())
+            })
+            .count()
+    };
+    let (lines9, lines2) = (lines(9), lines(2));
+    holds_for(
+        Duration::from_secs(2),
+        "an idle connection made a PD call, a connection attempt or a log line",
+        || {
+            pd.get_store_count(9) == calls9
+                && pd.get_store_count(2) == calls2
+                && c.connection_attempts(2) == attempts2
+                && lines(9) == lines9
+                && lines(2) == lines2
+        },
+    );
+    // Traffic again: handled at once, on the schedule (its wait is over).
+    c.send(msg(2, 1, 9)).unwrap();
+    c.send(msg(2, 1, 2)).unwrap();
+    c.flush();
+    wait_until(
+        T,
+        "a PD call and a connection attempt for the new messages",
+        || pd.get_store_count(9) > calls9 && c.connection_attempts(2) > attempts2,
+    );
+    let s = assert_balanced(&c);
+    assert_eq!(s.reported_unreachable, 4);
+}
+
+/// A burst of sends never buys an earlier PD call than the schedule
+/// allows: with a not-found wait of an hour, 500 more messages to the
+/// store cause no PD call (they are reported).
+#[test]
+fn a_burst_of_sends_buys_no_earlier_pd_call() {
+    let pd = PdServer::single();
+    let cfg = Config {
+        store_not_found_cache_ttl: ReadableDuration::millis(10),
+        ..hour_backoffs_cfg()
+    };
+    let (_w, mut c, _) = raft_client(&pd, 1, cfg, &LogCapture::new());
+    c.send(msg(0, 1, 9)).unwrap();
+    c.flush();
+    wait_until(T, "store 9 in a not-found episode", || {
+        c.not_found_episode(9).is_some()
+    });
+    for i in 1..=500 {
+        let _ = c.send(msg(i, 1, 9));
+        if i % 50 == 0 {
+            c.flush();
+        }
+    }
+    c.flush();
+    let s = assert_balanced(&c);
+    assert_eq!(s.reported_unreachable, 501);
+    assert_eq!(pd.get_store_count(9), 1, "one PD call for the one step");
 }

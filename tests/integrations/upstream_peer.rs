@@ -89,12 +89,11 @@ pub struct PeerOptions {
     pub require_source_store_id: bool,
     /// Accept connections, fail every call at once.
     pub fail_every_call: bool,
-    /// Fail the first N calls at once (as `fail_every_call`), then serve.
-    pub fail_first_calls: u64,
     /// `BatchRaft` reads the call's first batch, feeds none of it and then
     /// fails the call UNIMPLEMENTED: a refusal that comes only once data
     /// arrives (a peer behind a proxy that opens the upstream call lazily),
-    /// so the call may have sat idle for a while before its first write.
+    /// so the client may have had the call open for a while before its
+    /// first write.
     pub unimplemented_after_first_batch: bool,
     /// Serve `[security]` as an upstream store does (tikv/tikv
     /// components/security `bind`: mutual TLS, `cert-allowed-cn` checked
@@ -109,7 +108,6 @@ struct Counters {
     max_batch: u64,
     rejected: u64,
     cancelled: u64,
-    failed: u64,
     raft_calls: u64,
     sources: Vec<Option<u64>>,
     observed: Vec<u64>,
@@ -142,15 +140,7 @@ impl Peer {
                 "missing source store id".to_owned(),
             ));
         }
-        let fail_now = {
-            let mut c = self.counters.lock().unwrap();
-            let f = c.failed < self.opts.fail_first_calls;
-            if f {
-                c.failed += 1;
-            }
-            f
-        };
-        if self.opts.fail_every_call || fail_now {
+        if self.opts.fail_every_call {
             let e = ServerError::Grpc(grpcio::Error::RemoteStopped);
             return Some(RpcStatus::with_message(
                 RpcStatusCode::UNKNOWN,

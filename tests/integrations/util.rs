@@ -155,7 +155,6 @@ impl Node {
                 assert!(
                     !opts.peer.require_source_store_id
                         && !opts.peer.fail_every_call
-                        && opts.peer.fail_first_calls == 0
                         && !opts.peer.unimplemented_after_first_batch,
                     "upstream-like peer options"
                 );
@@ -315,6 +314,30 @@ pub fn store_1_waiting_for_store_3(pd: &PdServer, log: &LogCapture) -> (Worker, 
         || c1.not_found_episode(3).is_some(),
     );
     (w, c1, node1)
+}
+
+/// Waits until `f` holds while `c` (store `from`) sends store `to` a
+/// message every 5 ms, regions cycling so every connection gets some:
+/// traffic drives the schedules, an idle connection waits for a message.
+/// Panics with `what` after 20 s.
+pub fn wait_sending(
+    c: &mut Client,
+    from: u64,
+    to: u64,
+    what: &str,
+    mut f: impl FnMut(&Client) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut region = 1_000_000;
+    while !f(c) {
+        if Instant::now() > deadline {
+            panic!("timed out after 20s waiting for {}", what);
+        }
+        region += 1;
+        let _ = c.send(msg(region, from, to));
+        c.flush();
+        std::thread::park_timeout(Duration::from_millis(5));
+    }
 }
 
 /// A message of `region_id` from store `from` to store `to`.

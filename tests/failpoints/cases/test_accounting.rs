@@ -2,6 +2,9 @@
 
 use std::time::{Duration, Instant};
 
+use tikv::server::Config;
+use tikv_util::config::ReadableDuration;
+
 use test_pd::Server as PdServer;
 use tikv_util::logger::LogCapture;
 
@@ -64,4 +67,44 @@ fn failed_write_on_a_confirmed_call_is_reported_not_delivered() {
         );
         assert_eq!(s.reported_unreachable, reported.len() as u64);
     }
+}
+
+/// The confirm window runs from a call's first write, not from its opening:
+/// the first take waits (`raft_client_before_take_batch`) twice the window
+/// on an open call, its batch is then refused UNIMPLEMENTED after the peer
+/// read it (upstream-like peer), and still nothing of it was confirmed:
+/// all of it is sent again over `Raft`.
+#[test]
+fn confirm_window_starts_at_the_first_write() {
+    let _s = fail::FailScenario::setup();
+    let pd = PdServer::single();
+    let opts = NodeOptions {
+        peer: PeerOptions {
+            unimplemented_after_first_batch: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let node = Node::start_with(Receiver::Upstream, 2, "127.0.0.1:0", opts);
+    pd.add_store(2, &node.addr());
+    let cfg = Config {
+        raft_client_call_confirm_window: ReadableDuration::millis(200),
+        ..fast_cfg()
+    };
+    let (_w, mut c, _) = raft_client(&pd, 1, cfg, &LogCapture::new());
+    fail::cfg("raft_client_before_take_batch", "1*sleep(400)").unwrap();
+    for i in 1..=100 {
+        c.send(msg(i, 1, 2)).unwrap();
+    }
+    c.flush();
+    wait_until(T, "100 messages fed over Raft", || {
+        node.ext.fed_count() == 100
+    });
+    let regions: Vec<u64> = node
+        .ext
+        .with(|r| r.fed.iter().map(|m| m.get_region_id()).collect());
+    assert_eq!(regions, (1..=100).collect::<Vec<_>>());
+    assert!(node.upstream().unwrap().raft_calls() >= 1);
+    let s = assert_balanced(&c);
+    assert_eq!((s.delivered, s.reported_unreachable), (100, 0));
 }
