@@ -1,6 +1,14 @@
 //! The Raft client: one queue and one connection task per (store, conn_id),
 //! batching messages over `BatchRaft` (falling back to `Raft`).
 //!
+//! The hot path: `send` pushes into the connection's lock-free ring
+//! ([`raft_queue`]; no lock, no clone) and `flush` wakes the connection only
+//! if it is parked. Each call's sender runs on the channel's completion
+//! queue (`client.spawn`, as upstream); the reconnect loop (resolve, connect,
+//! back off) runs on the raft client's own pool. Batches are cut on a cheap
+//! size estimate; an idle connection whose backoff ran out waits for a
+//! message before it asks PD or connects again.
+//!
 //! What a resolution verdict does to a connection task:
 //! - `StoreTombstone`: stop for good. Every connection to the store is
 //!   closed, pending messages are reported unreachable, the store joins the

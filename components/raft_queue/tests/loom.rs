@@ -74,3 +74,32 @@ fn two_senders_a_close_and_a_taker() {
         assert!(q.pop().is_none());
     });
 }
+
+/// No close to rescue it: a taker that waits for a message must be woken
+/// by the sender's notify in every interleaving (a lost wake-up leaves it
+/// blocked, which loom reports as a deadlock).
+#[test]
+fn a_notify_is_never_lost() {
+    let mut b = loom::model::Builder::new();
+    if b.preemption_bound.is_none() {
+        b.preemption_bound = Some(PREEMPTIONS);
+    }
+    b.check(|| {
+        let q = Arc::new(Queue::new(2));
+        let sender = {
+            let q = q.clone();
+            loom::thread::spawn(move || {
+                q.push(7u32).unwrap();
+                q.notify();
+            })
+        };
+        let got = loop {
+            if let Some(m) = q.pop() {
+                break m;
+            }
+            let _ = loom::future::block_on(futures::future::poll_fn(|cx| q.poll_event(cx, false)));
+        };
+        sender.join().unwrap();
+        assert_eq!(got, 7);
+    });
+}
