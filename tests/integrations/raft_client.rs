@@ -296,8 +296,15 @@ fn tombstone_stops_reconnecting_for_good() {
             ..fast_cfg()
         };
         let (_w, mut c, ext) = raft_client(&pd, 1, cfg, &log);
+        // The verdict may come while these are still being sent: a send
+        // after it is refused at once, one before it is reported.
+        let mut early_refused = 0;
         for region in 0..8 {
-            c.send(msg(region, 1, 6365)).unwrap();
+            match c.send(msg(region, 1, 6365)) {
+                Ok(()) => {}
+                Err(DiscardReason::Disconnected) => early_refused += 1,
+                Err(e) => panic!("{:?}", e),
+            }
         }
         c.flush();
         wait_until(T, "tombstone verdict", || c.is_tombstone(6365));
@@ -329,9 +336,9 @@ fn tombstone_stops_reconnecting_for_good() {
         );
         assert_eq!(log.count(Level::Error, "tombstone", Some(6365)), 1);
         let s = assert_balanced(&c);
-        assert_eq!(s.refused, 101);
-        assert_eq!(s.reported_unreachable, 8);
-        assert_eq!(ext.unreachable_count(), 8);
+        assert_eq!(s.refused, 101 + early_refused);
+        assert_eq!(s.reported_unreachable, 8 - early_refused);
+        assert_eq!(ext.unreachable_count() as u64, 8 - early_refused);
     }
 }
 
