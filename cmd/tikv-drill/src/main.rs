@@ -272,9 +272,19 @@ fn in_process(args: &Args, flavor: &str, progress: Progress) -> Report {
         obs,
         action.starts_with("reported"),
     );
+    // The stale peers on the store keep sending heartbeats (one per 20ms
+    // here): that traffic drives the connection to its verdict; an idle
+    // connection would wait for a message.
+    let mut beat = 1_000_000u64;
     let stopped = progress
         .wait("tombstone verdict", Duration::from_secs(10), || {
-            client.is_tombstone(VICTIM).then_some(())
+            if client.is_tombstone(VICTIM) {
+                return Some(());
+            }
+            beat += 1;
+            let _ = client.send(msg(beat, VICTIM));
+            client.flush();
+            None
         })
         .is_some();
     r.check(
