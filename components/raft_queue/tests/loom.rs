@@ -6,8 +6,6 @@
 //! one deadlocks the taker, which loom reports).
 #![cfg(loom)]
 
-use std::task::Poll;
-
 use loom::sync::Arc;
 use raft_queue::{Event, PushError, Queue};
 
@@ -15,13 +13,19 @@ use raft_queue::{Event, PushError, Queue};
 /// on this model does not finish in minutes. 3 is what tokio's CI uses.
 const PREEMPTIONS: usize = 3;
 
-#[test]
-fn two_senders_a_close_and_a_taker() {
+/// Runs `f` under loom, bounded to [`PREEMPTIONS`] unless
+/// `LOOM_MAX_PREEMPTIONS` says otherwise.
+fn model(f: impl Fn() + Sync + Send + 'static) {
     let mut b = loom::model::Builder::new();
     if b.preemption_bound.is_none() {
         b.preemption_bound = Some(PREEMPTIONS);
     }
-    b.check(|| {
+    b.check(f);
+}
+
+#[test]
+fn two_senders_a_close_and_a_taker() {
+    model(|| {
         let q = Arc::new(Queue::new(1));
         let senders: Vec<_> = (0..2u32)
             .map(|s| {
@@ -45,10 +49,7 @@ fn two_senders_a_close_and_a_taker() {
                         got.push(m);
                     }
                     let ev = loom::future::block_on(futures::future::poll_fn(|cx| {
-                        match q.poll_event(cx, false) {
-                            Poll::Ready(e) => Poll::Ready(e),
-                            Poll::Pending => Poll::Pending,
-                        }
+                        q.poll_event(cx, false)
                     }));
                     if ev == Event::Closed {
                         return got;
@@ -80,11 +81,7 @@ fn two_senders_a_close_and_a_taker() {
 /// blocked, which loom reports as a deadlock).
 #[test]
 fn a_notify_is_never_lost() {
-    let mut b = loom::model::Builder::new();
-    if b.preemption_bound.is_none() {
-        b.preemption_bound = Some(PREEMPTIONS);
-    }
-    b.check(|| {
+    model(|| {
         let q = Arc::new(Queue::new(2));
         let sender = {
             let q = q.clone();

@@ -6,7 +6,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 
 use raft_queue::{Event, PushError, Queue};
 
@@ -26,10 +25,7 @@ fn every_message_has_exactly_one_owner() {
                         mine.push(m);
                     }
                     let ev = futures::executor::block_on(futures::future::poll_fn(|cx| {
-                        match q.poll_event(cx, false) {
-                            Poll::Ready(e) => Poll::Ready(e),
-                            Poll::Pending => Poll::Pending,
-                        }
+                        q.poll_event(cx, false)
                     }));
                     if ev == Event::Closed {
                         break;
