@@ -3,6 +3,7 @@
 pub mod config;
 pub mod metrics;
 pub mod raft_client;
+pub mod raft_codec;
 pub mod raft_extension;
 pub mod resolve;
 #[allow(clippy::module_inception)] // upstream's path: src/server/server.rs

@@ -1,13 +1,15 @@
 //! The Raft client: one queue and one connection task per (store, conn_id),
 //! batching messages over `BatchRaft` (falling back to `Raft`).
 //!
-//! The hot path: `send` pushes into the connection's lock-free ring
-//! ([`raft_queue`]; no lock, no clone) and `flush` wakes the connection only
-//! if it is parked. Each call's sender runs on the channel's completion
-//! queue (`client.spawn`, as upstream); the reconnect loop (resolve, connect,
-//! back off) runs on the raft client's own pool. Batches are cut on a cheap
-//! size estimate; an idle connection whose backoff ran out waits for a
-//! message before it asks PD or connects again.
+//! The hot path: `send` encodes the message (on the caller's thread, while
+//! it is in cache; [`super::raft_codec`]) and pushes the bytes into the
+//! connection's lock-free ring ([`raft_queue`]; no lock, no clone); `flush`
+//! wakes the connection only if it is parked. Each call's sender runs on the
+//! channel's completion queue (`client.spawn`, as upstream) and copies
+//! encoded messages into one gRPC buffer per batch; the reconnect loop
+//! (resolve, connect, back off) runs on the raft client's own pool. Batches
+//! are cut on exact sizes; an idle connection whose backoff ran out waits
+//! for a message before it asks PD or connects again.
 //!
 //! What a resolution verdict does to a connection task:
 //! - `StoreTombstone`: stop for good. Every connection to the store is
@@ -59,13 +61,13 @@ use grpcio::{
     MetadataBuilder, RpcStatus, RpcStatusCode, WriteFlags,
 };
 use kvproto::raft_serverpb::{Done, RaftMessage};
-use kvproto::tikvpb::{BatchRaftMessage, TikvClient};
-use protobuf::Message;
+use kvproto::tikvpb::TikvClient;
 use security::SecurityManager;
 use slog::{error, info, warn, Logger};
 
 use super::config::Config;
 use super::metrics::*;
+use super::raft_codec::{self, EncodedBatch, EncodedMessage};
 use super::raft_extension::RaftExtension;
 use super::resolve::{self, StoreAddrResolver};
 use super::service::StoreNotMatch;
@@ -112,54 +114,19 @@ pub enum DiscardReason {
 /// not fit in the last batch) goes into `front`, read before the ring; only
 /// the task and `close` touch it, never a sender.
 struct Queue {
-    ring: raft_queue::Queue<RaftMessage>,
-    front: Mutex<VecDeque<RaftMessage>>,
+    ring: raft_queue::Queue<EncodedMessage>,
+    front: Mutex<VecDeque<EncodedMessage>>,
     front_len: AtomicUsize,
 }
 
 /// A batch taken from a queue.
 struct Batch {
-    msgs: Vec<RaftMessage>,
+    msgs: Vec<EncodedMessage>,
     /// Messages that can never be sent (larger than a gRPC message).
-    oversized: Vec<RaftMessage>,
+    oversized: Vec<EncodedMessage>,
     /// The batch was cut because the next message did not fit: a write
     /// surely follows it, so gRPC may buffer this one.
     cut_for_size: bool,
-}
-
-/// Bytes `msg` takes as a `msgs` entry of a `BatchRaftMessage`: tag,
-/// length varint and body. Exact, so dear: only for messages whose
-/// estimate is near the limit.
-fn encoded_len_in_batch(msg: &RaftMessage) -> usize {
-    let body = msg.compute_size() as usize;
-    let mut varint = 1;
-    let mut v = body >> 7;
-    while v > 0 {
-        varint += 1;
-        v >>= 7;
-    }
-    1 + varint + body
-}
-
-/// What a message adds to a batch, estimated without encoding it: the
-/// variable parts (keys, context, entry data and context, snapshot data)
-/// plus a bound on the fixed fields (ids, terms, epochs: at most a few
-/// dozen bytes each) and per entry. Upstream estimates the same way
-/// (tikv/tikv `src/server/raft_client.rs`, the batch buffer's message
-/// size); the config's `raft-client-grpc-send-msg-buffer` covers the
-/// difference to the exact size.
-fn estimated_size(msg: &RaftMessage) -> usize {
-    const FIXED: usize = 128;
-    const PER_ENTRY: usize = 24;
-    let m = msg.get_message();
-    let mut n = FIXED + msg.get_start_key().len() + msg.get_end_key().len() + m.get_context().len();
-    for e in m.get_entries() {
-        n += PER_ENTRY + e.get_data().len() + e.get_context().len();
-    }
-    if m.has_snapshot() {
-        n += FIXED + m.get_snapshot().get_data().len();
-    }
-    n
 }
 
 enum Event {
@@ -180,7 +147,7 @@ impl Queue {
     // The message comes back on failure so `send` can retry it on a fresh
     // queue without cloning on the hot path.
     #[allow(clippy::result_large_err)]
-    fn push(&self, msg: RaftMessage) -> Result<(), (DiscardReason, RaftMessage)> {
+    fn push(&self, msg: EncodedMessage) -> Result<(), (DiscardReason, EncodedMessage)> {
         self.ring.push(msg).map_err(|e| match e {
             raft_queue::PushError::Full(m) => (DiscardReason::Full, m),
             raft_queue::PushError::Closed(m) => (DiscardReason::Disconnected, m),
@@ -196,7 +163,7 @@ impl Queue {
     }
 
     /// Closes the queue; returns what was still pending, oldest first.
-    fn close(&self) -> Vec<RaftMessage> {
+    fn close(&self) -> Vec<EncodedMessage> {
         let ring = self.ring.close();
         let mut front = self.front.lock().unwrap();
         self.front_len.store(0, Ordering::SeqCst);
@@ -207,7 +174,7 @@ impl Queue {
 
     /// Puts messages taken earlier back at the front, in order, whatever
     /// the capacity (they were accepted once). A closed queue hands them back.
-    fn requeue_front(&self, msgs: Vec<RaftMessage>) -> Vec<RaftMessage> {
+    fn requeue_front(&self, msgs: Vec<EncodedMessage>) -> Vec<EncodedMessage> {
         let mut front = self.front.lock().unwrap();
         // Checked under the lock `close` drains `front` under: either
         // `close` takes them or they come back here.
@@ -225,7 +192,12 @@ impl Queue {
         self.ring.is_closed()
     }
 
-    fn drain(&self) -> Vec<RaftMessage> {
+    /// The ring is full now (a closed ring never is: `close` empties it).
+    fn is_full(&self) -> bool {
+        self.ring.len() >= self.ring.capacity() && !self.ring.is_closed()
+    }
+
+    fn drain(&self) -> Vec<EncodedMessage> {
         let mut front = self.front.lock().unwrap();
         self.front_len.store(0, Ordering::SeqCst);
         let mut out: Vec<_> = front.drain(..).collect();
@@ -233,15 +205,15 @@ impl Queue {
         out
     }
 
-    /// Takes up to `max_n` messages whose estimated size fits `budget`
-    /// bytes (a single larger message is taken alone, so nothing is
-    /// stuck). A message larger than `max_bytes` (exactly) is set aside as
-    /// oversized before batching, so a batch cut for size is always
-    /// followed by another write.
+    /// Takes up to `max_n` messages whose encoded size fits `budget` bytes
+    /// (a single larger message is taken alone, so nothing is stuck). A
+    /// message larger than `max_bytes` is set aside as oversized before
+    /// batching, so a batch cut for size is always followed by another
+    /// write.
     fn take_batch(&self, max_n: usize, budget: usize, max_bytes: usize) -> Batch {
         let mut front = self.front.lock().unwrap();
         let mut b = Batch {
-            msgs: Vec::new(),
+            msgs: Vec::with_capacity(max_n.min(front.len() + self.ring.len())),
             oversized: Vec::new(),
             cut_for_size: false,
         };
@@ -250,8 +222,8 @@ impl Queue {
             let Some(m) = front.pop_front().or_else(|| self.ring.pop()) else {
                 break;
             };
-            let size = estimated_size(&m);
-            if size > budget && encoded_len_in_batch(&m) > max_bytes {
+            let size = m.len_in_batch();
+            if size > max_bytes {
                 b.oversized.push(m);
                 continue;
             }
@@ -526,7 +498,7 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
         r
     }
 
-    fn send_inner(&mut self, mut msg: RaftMessage) -> Result<(), DiscardReason> {
+    fn send_inner(&mut self, msg: RaftMessage) -> Result<(), DiscardReason> {
         let store_id = msg.get_to_peer().get_store_id();
         if store_id == 0 {
             return Err(DiscardReason::Filtered);
@@ -541,6 +513,14 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
             (msg.get_region_id() % conn_num as u64) as usize
         };
         let key = (store_id, conn_id);
+        // A full queue refuses before the message is encoded: a sender
+        // that outruns its connection pays nothing for each refusal.
+        if self.cache.get(&key).is_some_and(|cq| cq.queue.is_full()) {
+            return Err(DiscardReason::Full);
+        }
+        // Encoded here, on the caller's thread, while the message is in its
+        // cache (see `raft_codec`).
+        let mut msg = EncodedMessage::encode(&msg);
         for _ in 0..2 {
             if let Some(cq) = self.cache.get_mut(&key) {
                 match cq.queue.push(msg) {
@@ -763,7 +743,7 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> Shared<R, E> {
             .fetch_add(targets.len() as u64, Ordering::SeqCst);
     }
 
-    fn report_msgs(&self, store_id: u64, msgs: Vec<RaftMessage>, reason: &str) {
+    fn report_msgs(&self, store_id: u64, msgs: Vec<EncodedMessage>, reason: &str) {
         let targets: Vec<_> = msgs.iter().map(target).collect();
         self.report_targets(store_id, &targets, reason);
     }
@@ -942,7 +922,7 @@ struct CallOutcome {
     /// The call stayed up for the confirm window after its first write.
     confirmed: bool,
     /// Written but not confirmed: queued again or reported by the caller.
-    unconfirmed: Vec<RaftMessage>,
+    unconfirmed: Vec<EncodedMessage>,
 }
 
 impl CallOutcome {
@@ -1164,18 +1144,18 @@ async fn connection_loop<R: StoreAddrResolver + Sync, E: RaftExtension>(
 fn report_oversized<R: StoreAddrResolver + Sync, E: RaftExtension>(
     shared: &Shared<R, E>,
     store_id: u64,
-    msgs: Vec<RaftMessage>,
+    msgs: Vec<EncodedMessage>,
 ) {
     for m in &msgs {
         warn!(shared.logger, "raft message is larger than max-grpc-send-msg-len, dropped";
-            "store_id" => store_id, "region_id" => m.get_region_id(),
-            "size" => m.compute_size());
+            "store_id" => store_id, "region_id" => m.region_id,
+            "size" => m.bytes.len());
     }
     shared.report_msgs(store_id, msgs, "oversize");
 }
 
-fn target(m: &RaftMessage) -> (u64, u64) {
-    (m.get_region_id(), m.get_to_peer().get_id())
+fn target(m: &EncodedMessage) -> (u64, u64) {
+    (m.region_id, m.to_peer_id)
 }
 
 /// The call options of every raft call: the `source_store_id` header.
@@ -1191,8 +1171,8 @@ fn call_option(self_store_id: u64) -> CallOption {
 
 /// The writing half of a `BatchRaft` or `Raft` call.
 enum CallSink {
-    Batch(ClientCStreamSender<BatchRaftMessage>),
-    Single(ClientCStreamSender<RaftMessage>),
+    Batch(ClientCStreamSender<EncodedBatch>),
+    Single(ClientCStreamSender<EncodedMessage>),
 }
 
 impl CallSink {
@@ -1209,7 +1189,7 @@ impl CallSink {
     /// buffered write waits for the next unbuffered one.
     async fn write(
         &mut self,
-        msgs: Vec<RaftMessage>,
+        msgs: Vec<EncodedMessage>,
         more: bool,
     ) -> Result<(), (grpcio::Error, usize)> {
         // A write that fails before anything of it is written, the call
@@ -1220,9 +1200,10 @@ impl CallSink {
         )));
         match self {
             CallSink::Batch(s) => {
-                let mut b = BatchRaftMessage::default();
-                b.set_msgs(msgs.into());
-                b.set_last_observed_time(tikv_util::unix_nanos_now());
+                let b = EncodedBatch {
+                    msgs,
+                    last_observed_time: tikv_util::unix_nanos_now(),
+                };
                 let flags = WriteFlags::default().buffer_hint(more);
                 s.send((b, flags)).await.map_err(|e| (e, 0))
             }
@@ -1300,7 +1281,7 @@ async fn run_call<R: StoreAddrResolver + Sync, E: RaftExtension>(
     let hold_cap = cfg.grpc_stream_initial_window_size.0 as usize;
     let mut held_bytes = 0;
     let mut recv = Box::pin(recv);
-    let mut held: Vec<RaftMessage> = Vec::new();
+    let mut held: Vec<EncodedMessage> = Vec::new();
     let mut confirm_at: Option<Instant> = None;
     let mut timer: Option<tikv_util::timer::Delay> = None;
     let mut confirmed = false;
@@ -1366,7 +1347,7 @@ async fn run_call<R: StoreAddrResolver + Sync, E: RaftExtension>(
                 confirm_at = Some(t);
                 timer = Some(tikv_util::timer::delay(t));
             }
-            held_bytes += msgs.iter().map(estimated_size).sum::<usize>();
+            held_bytes += msgs.iter().map(EncodedMessage::len_in_batch).sum::<usize>();
             held.extend(msgs.iter().cloned());
             Vec::new()
         };
@@ -1425,10 +1406,14 @@ async fn stream<R: StoreAddrResolver + Sync, E: RaftExtension>(
         let opt = call_option(shared.self_store_id);
         let opened = if batch {
             client
-                .batch_raft_opt(opt)
+                .client
+                .client_streaming(&raft_codec::METHOD_BATCH_RAFT, opt)
                 .map(|(s, r)| (CallSink::Batch(s), r))
         } else {
-            client.raft_opt(opt).map(|(s, r)| (CallSink::Single(s), r))
+            client
+                .client
+                .client_streaming(&raft_codec::METHOD_RAFT, opt)
+                .map(|(s, r)| (CallSink::Single(s), r))
         };
         let (sink, recv) = match opened {
             Ok(c) => c,

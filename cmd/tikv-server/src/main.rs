@@ -7,6 +7,8 @@ use std::process::exit;
 
 use clap::Parser;
 use server::TikvConfig;
+// jemalloc, as upstream's tikv-server (`tikv_alloc`).
+use tikv_alloc as _;
 
 /// A transport-only TiKV store: joins PD, drives synthetic Raft traffic
 /// through the patched resolver and raft client, serves /metrics.
