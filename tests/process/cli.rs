@@ -462,3 +462,116 @@ fn lab_cluster_over_mutual_tls() {
     let f = run_to_exit(test_pd(&["--addr", "127.0.0.1:0", "--config", &half]), EXIT).unwrap();
     fails_with(&f, &["[security] key-path is empty"]);
 }
+
+const WAITING_FOR_PD: &str = "PD is not reachable yet, retrying";
+
+fn waiting_lines(log: &std::path::Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches(WAITING_FOR_PD)
+        .count()
+}
+
+/// Started before PD (pods start in any order), a store waits for it, as
+/// TiKV does by default (`[pd] retry-max-count` unlimited), then joins and
+/// carries traffic.
+#[test]
+fn a_store_started_before_pd_waits_for_it_and_joins() {
+    let mut lab = Lab::start("new").unwrap();
+    lab.stop_pd();
+    let cmd = lab.store_command("s1", &[]).unwrap();
+    let stderr = lab.stderr_path("s1");
+    let waiting =
+        std::thread::spawn(move || test_lab::process::LabProcess::spawn("s1", cmd, &stderr));
+    // The lab's retry-interval is 100 ms and a line is logged every 10
+    // rounds: 10 lines is about 10 s of waiting, past any finite count a
+    // store would have given up at before.
+    let log = lab.log_path("s1");
+    let deadline = std::time::Instant::now() + Duration::from_secs(25);
+    while waiting_lines(&log) < 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store stopped waiting: {:?}",
+            std::fs::read_to_string(&log)
+        );
+        assert!(!waiting.is_finished(), "the store gave up waiting for PD");
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+    let line = std::fs::read_to_string(&log).unwrap();
+    assert!(line.contains(&lab.pd_endpoints), "{}", line);
+    lab.restart_pd(&[]).unwrap();
+    let p = waiting
+        .join()
+        .unwrap()
+        .expect("the store started once PD came up");
+    let s1 = lab.adopt_store("s1", p).unwrap();
+    let s2 = lab.start_store("s2").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = lab
+            .raft_client(s2)
+            .ok()
+            .and_then(|v| v["traffic"]["reports"]["received_from"][s1.to_string()].as_u64())
+            .unwrap_or(0);
+        if got > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no traffic from the late store"
+        );
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+}
+
+/// SIGTERM while a store waits for PD: exit 0 at once, nothing written to
+/// the data dir but its lock file.
+#[test]
+fn sigterm_while_waiting_for_pd_exits_0_and_writes_nothing() {
+    let mut lab = Lab::start("new").unwrap();
+    lab.stop_pd();
+    for int in [false, true] {
+        let name = if int { "s-int" } else { "s-term" };
+        let mut cmd = lab.store_command(name, &[]).unwrap();
+        let mut child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let log = lab.log_path(name);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while waiting_lines(&log) < 2 {
+            assert!(std::time::Instant::now() < deadline, "not waiting for PD");
+            assert!(child.try_wait().unwrap().is_none(), "exited while waiting");
+            std::thread::park_timeout(Duration::from_millis(20));
+        }
+        let sig = if int { "-INT" } else { "-TERM" };
+        let pid = child.id().to_string();
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+        let asked = std::time::Instant::now();
+        let deadline = asked + Duration::from_secs(5);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{} did not exit within 5 s of the signal", name);
+            }
+            std::thread::park_timeout(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{}: {:?}", name, status);
+        let files: Vec<_> = std::fs::read_dir(lab.data_dir(name))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(files, [server::ident::LOCK_FILE], "{}", name);
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("while waiting for PD"), "{}", text);
+    }
+}

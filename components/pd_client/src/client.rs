@@ -1,21 +1,24 @@
 //! `RpcClient`: the PD client over grpcio.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::executor::block_on;
 use grpcio::{CallOption, ChannelBuilder, ClientUnaryReceiver, Environment};
 use kvproto::metapb;
 use kvproto::pdpb::{self, GetMembersRequest, GetMembersResponse};
 use security::SecurityManager;
-use slog::{info, warn, Logger};
+use slog::{debug, info, warn, Logger};
 
 use crate::config::Config;
 use crate::errors::{other, Error, Result};
 use crate::metrics::*;
 use crate::util::{check_resp_header, classify_get_store, is_retryable, normalize_endpoint};
 use crate::{PdClient, PdFuture};
+
+/// How often a start-up wait for PD looks at its stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(50);
 
 /// Counters of reconnect attempts, readable by tests.
 #[derive(Default, Debug)]
@@ -238,7 +241,7 @@ impl Shared {
             };
             match r {
                 Ok(resp) => break Ok(resp),
-                Err(e) if is_retryable(&e) && attempt < self.cfg.retry_max_count => {
+                Err(e) if is_retryable(&e) && attempt < self.cfg.request_attempts() => {
                     warn!(self.logger, "PD request failed, will retry";
                         "method" => method, "attempt" => attempt, "err" => %e);
                     if let Err(re) = self.reconnect().await {
@@ -294,7 +297,7 @@ async fn discover(
                 }
             },
             Err(e) => {
-                warn!(logger, "PD endpoint unreachable"; "endpoint" => ep, "err" => %e);
+                debug!(logger, "PD endpoint unreachable"; "endpoint" => ep, "err" => %e);
                 last_err = e;
             }
         }
@@ -333,6 +336,20 @@ impl RpcClient {
         security: Arc<SecurityManager>,
         logger: Logger,
     ) -> Result<RpcClient> {
+        let never = AtomicBool::new(false);
+        Self::new_with_stop(cfg, env, security, logger, &never)
+    }
+
+    /// As [`new_with_security`](Self::new_with_security); while it waits
+    /// for PD at start, `stop` set ends the wait with [`Error::Stopped`]
+    /// within one round (`retry-interval` plus a round's timeouts).
+    pub fn new_with_stop(
+        cfg: &Config,
+        env: Option<Arc<Environment>>,
+        security: Arc<SecurityManager>,
+        logger: Logger,
+        stop: &AtomicBool,
+    ) -> Result<RpcClient> {
         cfg.validate()?;
         let env = Connector {
             env: env.unwrap_or_else(|| Arc::new(Environment::new(1))),
@@ -343,18 +360,31 @@ impl RpcClient {
             .iter()
             .map(|e| normalize_endpoint(e))
             .collect::<Result<_>>()?;
-        // As upstream's `RpcClient::new`: the endpoints are tried again, up
-        // to `retry-max-count` more rounds, when none answered (a PD that is
-        // starting, or a slow first connection); a cluster id mismatch is
-        // final.
+        // As upstream's `RpcClient::new` (its `validate_endpoints` loop): the
+        // endpoints are tried again, up to `retry-max-count` more rounds
+        // (unlimited by default), when none answered (PD not started yet, or
+        // a slow first connection); a cluster id mismatch is final. One log
+        // line per `retry-log-every` rounds.
+        let retries = cfg.start_retries();
         let (cluster_id, client, members, target) = block_on(async {
-            let mut round = 0;
+            let mut round: u64 = 0;
             loop {
                 match discover(&env, cfg, &endpoints, &logger).await {
-                    Err(e) if round < cfg.retry_max_count && e.is_transport() => {
+                    Err(e) if retries.is_none_or(|n| round < n) && e.is_transport() => {
                         round += 1;
-                        warn!(logger, "no PD endpoint answered, retrying"; "round" => round, "err" => %e);
-                        tikv_util::timer::sleep(cfg.retry_interval.0).await;
+                        if (round - 1).is_multiple_of(cfg.retry_log_every as u64) {
+                            warn!(logger, "PD is not reachable yet, retrying";
+                                "endpoints" => endpoints.join(","), "attempts" => round,
+                                "retry_interval" => ?cfg.retry_interval.0, "err" => %e);
+                        }
+                        let until = Instant::now() + cfg.retry_interval.0;
+                        while !stop.load(Ordering::SeqCst) && Instant::now() < until {
+                            let step = (until - Instant::now()).min(STOP_CHECK);
+                            tikv_util::timer::sleep(step).await;
+                        }
+                        if stop.load(Ordering::SeqCst) {
+                            break Err(Error::Stopped);
+                        }
                     }
                     r => break r,
                 }

@@ -32,6 +32,9 @@ pub enum Error {
     /// the store was removed and forgotten, or is not registered yet.
     #[error("invalid store ID {0}, not found")]
     StoreNotFound(u64),
+    /// Asked to stop while waiting for PD at start.
+    #[error("stopped while waiting for PD")]
+    Stopped,
 }
 
 /// The result type of the PD client.
@@ -49,6 +52,7 @@ impl Error {
             Error::RegionNotFound(_) => "region_not_found",
             Error::StoreTombstone(_) => "store_tombstone",
             Error::StoreNotFound(_) => "store_not_found",
+            Error::Stopped => "stopped",
         }
     }
 }

@@ -170,42 +170,92 @@ fn discovers_leader_when_first_endpoint_is_dead() {
 fn all_endpoints_dead_is_an_error() {
     let log = tikv_util::logger::LogCapture::new();
     let (a, b) = (dead_endpoint(), dead_endpoint());
-    let r = RpcClient::new(
-        &cfg(vec![a.addr.clone(), b.addr.clone()]),
-        None,
-        log.logger(),
-    );
+    let mut c = cfg(vec![a.addr.clone(), b.addr.clone()]);
+    c.retry_log_every = 1;
+    let r = RpcClient::new(&c, None, log.logger());
     assert!(r.is_err());
     // Tried again retry-max-count (4) times, as upstream's client does.
-    assert_eq!(
-        log.count(
-            slog::Level::Warning,
-            "no PD endpoint answered, retrying",
-            None
-        ),
-        4
-    );
+    assert_eq!(log.count(slog::Level::Warning, WAITING, None), 4);
+}
+
+const WAITING: &str = "PD is not reachable yet, retrying";
+
+/// One line per `retry-log-every` rounds, naming the endpoints and the
+/// attempts so far.
+#[test]
+fn waiting_for_pd_logs_once_per_retry_log_every_rounds() {
+    let log = tikv_util::logger::LogCapture::new();
+    let a = dead_endpoint();
+    let mut c = cfg(vec![a.addr.clone()]);
+    c.retry_interval = ReadableDuration::millis(1);
+    c.retry_max_count = 25;
+    c.retry_log_every = 10;
+    assert!(RpcClient::new(&c, None, log.logger()).is_err());
+    // Rounds 1, 11 and 21 of 25.
+    assert_eq!(log.count(slog::Level::Warning, WAITING, None), 3);
+    let attempts: Vec<_> = log
+        .records()
+        .into_iter()
+        .filter(|r| r.msg.contains(WAITING))
+        .map(|r| {
+            assert_eq!(r.get("endpoints"), Some(a.addr.as_str()));
+            r.get("attempts").unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(attempts, ["1", "11", "21"]);
+}
+
+/// The default waits for PD as long as it takes, and a stop ends the wait.
+#[test]
+fn unlimited_wait_for_pd_ends_on_stop() {
+    let a = dead_endpoint();
+    let mut c = cfg(vec![a.addr.clone()]);
+    c.retry_max_count = Config::default().retry_max_count;
+    c.retry_log_every = 1;
+    let log = tikv_util::logger::LogCapture::new();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (logger, st) = (log.logger(), stop.clone());
+    let t = std::thread::spawn(move || {
+        let sec = Arc::new(security::SecurityManager::default());
+        RpcClient::new_with_stop(&c, None, sec, logger, &st).map(|_| ())
+    });
+    // Well past any finite count a test would use.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while log.count(slog::Level::Warning, WAITING, None) < 30 {
+        assert!(std::time::Instant::now() < deadline, "no retries seen");
+        assert!(!t.is_finished(), "gave up waiting for PD");
+        std::thread::park_timeout(Duration::from_millis(5));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !t.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still waiting 5 s after the stop"
+        );
+        std::thread::park_timeout(Duration::from_millis(5));
+    }
+    let r = t.join().unwrap();
+    assert!(matches!(r, Err(Error::Stopped)), "{:?}", r.err());
 }
 
 /// PD is down when the client starts and comes back while it retries (a
 /// cold start, or a first connection slower than the request timeout).
 #[test]
-fn startup_waits_for_pd_within_its_retries() {
+fn startup_waits_for_pd_by_default() {
     let pd = Server::single();
     pd.add_store(1, "127.0.0.1:20160");
     pd.stop_member(0);
     let log = tikv_util::logger::LogCapture::new();
     let mut c = cfg(pd.endpoints());
-    c.retry_max_count = 1000;
+    // The default: unlimited.
+    c.retry_max_count = Config::default().retry_max_count;
+    c.retry_log_every = 1;
     let (logger, eps) = (log.logger(), c);
     let t = std::thread::spawn(move || RpcClient::new(&eps, None, logger));
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while log.count(
-        slog::Level::Warning,
-        "no PD endpoint answered, retrying",
-        None,
-    ) == 0
-    {
+    // More rounds than the old default of 10 allowed.
+    while log.count(slog::Level::Warning, WAITING, None) < 12 {
         assert!(std::time::Instant::now() < deadline, "no retry seen");
         std::thread::park_timeout(Duration::from_millis(5));
     }

@@ -54,7 +54,32 @@ pub fn run_tikv(cfg: TikvConfig, unknown_keys: &[String]) -> Result<(), String> 
     info!(logger, "starting tikv-server"; "version" => node::STORE_VERSION,
         "addr" => &cfg.server.addr, "pd" => cfg.pd.endpoints.join(","),
         "data_dir" => &cfg.storage.data_dir);
-    let mut server = TikvServer::start(&cfg, logger.clone())?;
+    // The signal ends a wait for PD at start too (by default the store waits
+    // for PD as long as it takes, as TiKV does): a thread takes the first
+    // signal, sets the flag the wait looks at, and hands the signal on.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("signals".to_owned())
+            .spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                    let _ = tx.send(sig);
+                }
+            })
+            .map_err(|e| format!("cannot start the signal thread: {}", e))?;
+    }
+    let mut server = match TikvServer::start_with_stop(&cfg, logger.clone(), &stop) {
+        Err(server::StartError::Stopped) => {
+            info!(logger, "received signal while waiting for PD, exit";
+                "signal" => rx.try_recv().ok());
+            return Ok(());
+        }
+        Err(server::StartError::Failed(e)) => return Err(e),
+        Ok(s) => s,
+    };
     // One line on stdout for scripts and the process tests: the store is
     // registered and serving.
     println!(
@@ -65,7 +90,7 @@ pub fn run_tikv(cfg: TikvConfig, unknown_keys: &[String]) -> Result<(), String> 
             "status_addr": server.status_addr,
         })
     );
-    let sig = signals.forever().next();
+    let sig = rx.recv().ok();
     info!(logger, "received signal, stopping"; "signal" => sig);
     server.stop();
     Ok(())

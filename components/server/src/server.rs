@@ -3,7 +3,7 @@
 //! raft client, status server, registration, heartbeats, traffic.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +23,21 @@ use crate::status_server::{StatusServer, StatusSource};
 use crate::synthetic::{self, StoreRouter, Traffic};
 
 type Client = RaftClient<PdStoreAddrResolver, StoreRouter>;
+
+/// Why [`TikvServer::start_with_stop`] did not start a store.
+#[derive(Debug)]
+pub enum StartError {
+    /// Asked to stop while waiting for PD.
+    Stopped,
+    /// Start-up failed; the message names what failed.
+    Failed(String),
+}
+
+impl From<String> for StartError {
+    fn from(e: String) -> StartError {
+        StartError::Failed(e)
+    }
+}
 
 /// A running store.
 pub struct TikvServer {
@@ -97,30 +112,57 @@ fn with_port(host_of: &str, port: u16) -> String {
 impl TikvServer {
     /// Starts the store with a validated `cfg`. Errors name what failed.
     pub fn start(cfg: &TikvConfig, logger: Logger) -> Result<TikvServer, String> {
+        let never = AtomicBool::new(false);
+        Self::start_with_stop(cfg, logger, &never).map_err(|e| match e {
+            StartError::Stopped => "stopped while waiting for PD".to_owned(),
+            StartError::Failed(e) => e,
+        })
+    }
+
+    /// As [`start`](Self::start); `stop` set while the store waits for PD
+    /// ends the wait with [`StartError::Stopped`], before anything is
+    /// written to the data dir (only its lock file exists).
+    pub fn start_with_stop(
+        cfg: &TikvConfig,
+        logger: Logger,
+        stop: &AtomicBool,
+    ) -> Result<TikvServer, StartError> {
+        Self::start_inner(cfg, logger, stop)
+    }
+
+    fn start_inner(
+        cfg: &TikvConfig,
+        logger: Logger,
+        stop: &AtomicBool,
+    ) -> Result<TikvServer, StartError> {
         tikv::server::metrics::init();
         pd_client::metrics::init();
         let data_dir = DataDir::open(Path::new(&cfg.storage.data_dir))?;
         let env = Arc::new(Environment::new(2));
         let security = Arc::new(SecurityManager::new(&cfg.security)?);
         let pd = Arc::new(
-            RpcClient::new_with_security(
+            RpcClient::new_with_stop(
                 &cfg.pd,
                 Some(env.clone()),
                 security.clone(),
                 logger.clone(),
+                stop,
             )
             .map_err(|e| {
+                if matches!(e, pd_client::Error::Stopped) {
+                    return StartError::Stopped;
+                }
                 let hint = match (security.is_tls(), e.is_transport()) {
                     (true, true) => " (with [security] set: does PD serve TLS with a certificate signed by ca-path, and accept ours?)",
                     (false, true) => " (if PD requires TLS, set [security] ca-path, cert-path and key-path)",
                     _ => "",
                 };
-                format!(
+                StartError::Failed(format!(
                     "cannot connect to PD at {}: {}{}",
                     cfg.pd.endpoints.join(","),
                     e,
                     hint
-                )
+                ))
             })?,
         );
         let ident = node::ensure_ident(pd.as_ref(), &data_dir, &logger)?;
@@ -159,7 +201,8 @@ impl TikvServer {
                 return Err(format!(
                     "server.addr {} listens on every interface: set advertise-addr to the address other stores reach",
                     cfg.server.addr
-                ));
+                )
+                .into());
             }
             a
         } else {

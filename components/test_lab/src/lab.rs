@@ -198,11 +198,50 @@ impl Lab {
 
     /// As [`start_store`](Self::start_store), with `extra` arguments.
     pub fn start_store_with(&mut self, name: &str, extra: &[&str]) -> Result<u64, String> {
-        let data_dir = self.data_dir(name);
-        let log = self.dir.path().join(format!("{}.log", name));
         let cmd = self.store_command(name, extra)?;
-        let stderr = self.dir.path().join(format!("{}.stderr", name));
-        let p = LabProcess::spawn(&format!("tikv-server {}", name), cmd, &stderr)?;
+        let p = LabProcess::spawn(
+            &format!("tikv-server {}", name),
+            cmd,
+            &self.stderr_path(name),
+        )?;
+        self.adopt_store(name, p)
+    }
+
+    /// Where store `name`'s stderr goes.
+    pub fn stderr_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{}.stderr", name))
+    }
+
+    /// Where store `name` logs.
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{}.log", name))
+    }
+
+    /// SIGKILLs test-pd (its state is lost; restart it with
+    /// [`restart_pd`](Self::restart_pd)).
+    pub fn stop_pd(&mut self) {
+        self.pd.kill();
+    }
+
+    /// Starts a fresh test-pd on the addresses the stopped one had, so the
+    /// stores' `--pd` finds it (a new cluster unless given `--cluster-id`
+    /// in `extra`).
+    pub fn restart_pd(&mut self, extra: &[&str]) -> Result<(), String> {
+        let mut cmd = Command::new(bin("test-pd")?);
+        cmd.args(["--addr", &self.pd_endpoints, "--http-addr", &self.pd_http])
+            .args(["--flavor", &self.flavor])
+            .args(extra);
+        let stderr = self.dir.path().join("test-pd.restarted.stderr");
+        self.pd = LabProcess::spawn("test-pd", cmd, &stderr)?;
+        self.cluster_id = self.pd.ready["cluster_id"].as_u64().unwrap_or(0);
+        Ok(())
+    }
+
+    /// Adds a store process spawned from [`store_command`](Self::store_command)
+    /// (and ready) to the lab; returns its id.
+    pub fn adopt_store(&mut self, name: &str, p: LabProcess) -> Result<u64, String> {
+        let data_dir = self.data_dir(name);
+        let log = self.log_path(name);
         let id = p.ready["store_id"]
             .as_u64()
             .ok_or_else(|| format!("{} printed no store id: {}", name, p.ready))?;
