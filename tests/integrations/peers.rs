@@ -212,12 +212,15 @@ fn our_service_reads_source_store_id_and_receive_delay() {
     assert_eq!(node.ext.fed_count(), fed);
 }
 
-/// What PD says about store 3 after its address was taken by store 7.
+/// What PD says about store 3 when store 7 registers its address: the
+/// states in which PD accepts that (tikv/pd `putStoreImpl`).
 #[derive(Clone, Copy, Debug)]
 enum Pd3 {
     Tombstone,
     Forgotten,
-    StillUp,
+    /// Offline and physically destroyed (`DELETE /pd/api/v1/store/3?force`):
+    /// PD still names A for store 3.
+    Destroyed,
 }
 
 /// Store 3 at address A gets traffic; store 3 stops; store 7 starts on A.
@@ -226,7 +229,7 @@ enum Pd3 {
 #[test]
 fn address_reused_by_another_store() {
     for kind in RECEIVERS {
-        for pd3 in [Pd3::Tombstone, Pd3::Forgotten, Pd3::StillUp] {
+        for pd3 in [Pd3::Tombstone, Pd3::Forgotten, Pd3::Destroyed] {
             address_reused_by_another_store_with(kind, pd3);
         }
     }
@@ -259,7 +262,7 @@ fn address_reused_by_another_store_with(kind: Receiver, pd3: Pd3) {
             pd.bury(3);
             assert!(pd.remove_tombstone(3));
         }
-        Pd3::StillUp => {}
+        Pd3::Destroyed => pd.remove_store(3, true).unwrap(),
     }
     let node7 = Node::start(kind, 7, &a);
     assert_eq!(node7.addr(), a);
@@ -273,7 +276,7 @@ fn address_reused_by_another_store_with(kind: Receiver, pd3: Pd3) {
         let verdict = match pd3 {
             Pd3::Tombstone => c.is_tombstone(3),
             Pd3::Forgotten => c.in_not_found_episode(3),
-            Pd3::StillUp => start.elapsed() >= Duration::from_millis(1500),
+            Pd3::Destroyed => start.elapsed() >= Duration::from_millis(1500),
         };
         if verdict && node7.ext.fed_count() > 0 {
             break;
@@ -299,7 +302,7 @@ fn address_reused_by_another_store_with(kind: Receiver, pd3: Pd3) {
         // broke (one more if store 1 resolved before PD buried the store).
         Pd3::Tombstone => assert!(pd.get_store_count(3) - calls_before <= 2),
         Pd3::Forgotten => {}
-        Pd3::StillUp => {
+        Pd3::Destroyed => {
             assert!(!c.is_tombstone(3), "a mismatch is not a tombstone");
             assert!(node7.rejected() >= 1, "store 1 did reach A");
             // One resolution per attempt on the reconnect backoff (50ms
@@ -398,9 +401,10 @@ fn store_not_match_follows_the_new_address_from_pd() {
         let pd = PdServer::single();
         let node7 = Node::start(kind, 7, "127.0.0.1:0");
         let a = node7.addr();
-        // PD has not heard yet that store 3 moved.
+        // PD has not heard yet that store 3 moved: it still names A, where
+        // store 7 already serves (store 7 can register A only once store 3's
+        // record leaves it: PD refuses a duplicated address).
         pd.add_store(3, &a);
-        pd.add_store(7, &a);
         let (_w, mut c, _) = raft_client(&pd, 1, fast_cfg(), &LogCapture::new());
         let mut region = 0;
         while node7.rejected() == 0 {
@@ -416,6 +420,7 @@ fn store_not_match_follows_the_new_address_from_pd() {
         }
         let node3 = Node::start(kind, 3, "127.0.0.1:0");
         pd.set_store_address(3, &node3.addr());
+        pd.add_store(7, &a);
         let start = Instant::now();
         let deadline = start + Duration::from_secs(10);
         while node3.ext.fed_count() == 0 {

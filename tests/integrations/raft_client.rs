@@ -486,15 +486,17 @@ fn many_connections_to_removed_store_share_one_pd_call_per_step() {
     assert_balanced(&c);
 }
 
-/// PD points store 5 at store 2's address (a stale or wrong address): the
-/// receiver fails store 5's call with store-not-match, store 5's messages
-/// are reported unreachable (not counted delivered), and store 2's flow.
+/// PD points store 5 at store 2's address (store 5 was physically
+/// destroyed and store 2 took its address, as PD allows): the receiver
+/// fails store 5's call with store-not-match, store 5's messages are
+/// reported unreachable (not counted delivered), and store 2's flow.
 #[test]
 fn store_not_match_reports_and_spares_the_other_store() {
     for kind in RECEIVERS {
         let pd = PdServer::single();
         let node = Node::start(kind, 2, "127.0.0.1:0");
         pd.add_store(5, &node.addr());
+        pd.remove_store(5, true).unwrap();
         pd.add_store(2, &node.addr());
         let (_w, mut c, ext) = raft_client(&pd, 1, fast_cfg(), &LogCapture::new());
         c.send(msg(1, 1, 5)).unwrap();

@@ -288,13 +288,45 @@ fn test_pd_http_api_answers_as_pd() {
     assert_eq!(code, 404);
     let (code, _) = lab.pd_api("GET", "/pd/api/v1/stores?state=9").unwrap();
     assert_eq!(code, 500);
-    // Forced delete buries at once; a Tombstone store answers 410 and is
-    // listed only when asked for; remove-tombstone forgets it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while lab.pd_region_count(id).unwrap() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no regions reported");
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+    // A forced delete is PD's "physically destroyed": Offline with the
+    // flag, not buried while the store still reports regions (whatever
+    // `force`'s value, as PD reads the key's presence). Again forced: no
+    // change; unforced now: PD's ErrStoreDestroyed.
+    let (code, _) = lab
+        .pd_api("DELETE", &format!("/pd/api/v1/store/{}?force=false", id))
+        .unwrap();
+    assert_eq!(code, 200);
+    let (_, body) = lab
+        .pd_api("GET", &format!("/pd/api/v1/store/{}", id))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["store"]["state_name"], "Offline", "{}", body);
+    assert_eq!(v["store"]["physically_destroyed"], true, "{}", body);
     let (code, _) = lab
         .pd_api("DELETE", &format!("/pd/api/v1/store/{}?force=true", id))
         .unwrap();
     assert_eq!(code, 200);
+    let (code, body) = lab
+        .pd_api("DELETE", &format!("/pd/api/v1/store/{}", id))
+        .unwrap();
+    assert_eq!(code, 400);
+    assert!(body.contains("has been physically destroyed"), "{}", body);
+    // test-pd's own: bury at once. A Tombstone store answers 410 and is
+    // listed only when asked for; remove-tombstone forgets it.
+    let (code, _) = lab
+        .pd_api("POST", &format!("/test-pd/api/v1/store/{}/bury", id))
+        .unwrap();
+    assert_eq!(code, 200);
     assert_eq!(lab.pd_state(id).unwrap().as_deref(), Some("Tombstone"));
+    let (code, _) = lab
+        .pd_api("POST", "/test-pd/api/v1/store/999999/bury")
+        .unwrap();
+    assert_eq!(code, 404);
     let (code, _) = lab
         .pd_api("DELETE", &format!("/pd/api/v1/store/{}", id))
         .unwrap();
@@ -429,8 +461,16 @@ fn lab_cluster_over_mutual_tls() {
         .unwrap();
     assert_eq!((code, body.as_str()), (403, "certificate role error"));
 
-    // A store without TLS cannot reach the TLS PD: a clear error, exit 1.
+    // A store without TLS cannot reach the TLS PD: with a finite
+    // retry-max-count (the default waits for PD), a clear error, exit 1.
+    let finite = write(
+        dir.path(),
+        "finite.toml",
+        "[pd]\nretry-interval = \"50ms\"\nretry-max-count = 2\n",
+    );
     let mut plain = server(&[
+        "--config",
+        &finite,
         "--pd",
         &lab.pd_endpoints,
         "--addr",
@@ -574,4 +614,43 @@ fn sigterm_while_waiting_for_pd_exits_0_and_writes_nothing() {
         let text = std::fs::read_to_string(&log).unwrap();
         assert!(text.contains("while waiting for PD"), "{}", text);
     }
+}
+
+/// A store started on a live store's address is refused by PD (a
+/// duplicated store address) and exits 1 naming the address and the store
+/// that holds it. Once that store is physically destroyed, the address may
+/// be reused, as PD allows.
+#[test]
+fn a_store_on_a_live_store_s_address_is_refused_by_pd() {
+    let mut lab = Lab::start("new").unwrap();
+    let id = lab.start_store("s1").unwrap();
+    let taken = lab.store(id).unwrap().addr.clone();
+    let c = lab
+        .store_command("s2", &["--advertise-addr", &taken])
+        .unwrap();
+    let f = run_to_exit(c, EXIT).unwrap();
+    fails_with(
+        &f,
+        &[
+            "duplicated store address",
+            &taken,
+            &format!("already registered by id:{}", id),
+        ],
+    );
+    // Store 1 goes away for good and is flagged physically destroyed:
+    // the address is free.
+    lab.stores.remove(&id).unwrap().process.kill();
+    let (code, body) = lab
+        .pd_api("DELETE", &format!("/pd/api/v1/store/{}?force", id))
+        .unwrap();
+    assert_eq!(code, 200, "{}", body);
+    let s2 = lab
+        .start_store_with("s2", &["--advertise-addr", &taken])
+        .unwrap();
+    assert_ne!(s2, id);
+    let (_, body) = lab
+        .pd_api("GET", &format!("/pd/api/v1/store/{}", s2))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["store"]["address"], taken.as_str(), "{}", body);
 }

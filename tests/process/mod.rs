@@ -37,7 +37,7 @@ fn drill_reports_json_and_exit_status() {
     ] {
         let mut cmd = std::process::Command::new(test_lab::process::bin("tikv-drill").unwrap());
         cmd.args(args);
-        let f = test_lab::process::run_to_exit(cmd, std::time::Duration::from_secs(60)).unwrap();
+        let f = test_lab::process::run_to_exit(cmd, std::time::Duration::from_secs(180)).unwrap();
         assert_eq!(f.code, Some(0), "{:?}: {}\n{}", args, f.stdout, f.stderr);
         let v: serde_json::Value = serde_json::from_str(&f.stdout).unwrap();
         let steps = v["steps"].as_array().unwrap();

@@ -7,11 +7,12 @@
 //! |---|---|---|
 //! | GET | /pd/api/v1/stores[?state=N...] | stores; Up and Offline unless `state` says |
 //! | GET | /pd/api/v1/store/{id} | one store (404 when PD does not know it) |
-//! | DELETE | /pd/api/v1/store/{id}[?force=true] | Offline; Tombstone at once when forced or it reported no regions |
+//! | DELETE | /pd/api/v1/store/{id}[?force] | Offline (`force`: and physically destroyed, so its address may be reused); Tombstone once it reports no regions |
 //! | POST | /pd/api/v1/store/{id}/state?state=Up\|Offline | set the state (test-pd also takes Tombstone: PD's burying of an empty store) |
 //! | DELETE | /pd/api/v1/stores/remove-tombstone | forget every Tombstone store |
 //! | GET | /pd/api/v1/members | members and leader |
 //! | GET | /test-pd/api/v1/counters | ours: calls per method and per store |
+//! | POST | /test-pd/api/v1/store/{id}/bury | ours: Tombstone at once, regions or not |
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -92,6 +93,9 @@ fn store_info(pd: &PdServer, s: &metapb::Store) -> Value {
     if s.get_start_timestamp() != 0 {
         meta.insert("start_timestamp".into(), json!(s.get_start_timestamp()));
     }
+    if s.get_physically_destroyed() {
+        meta.insert("physically_destroyed".into(), json!(true));
+    }
     if s.get_last_heartbeat() != 0 {
         meta.insert("last_heartbeat".into(), json!(s.get_last_heartbeat()));
     }
@@ -164,6 +168,10 @@ pub async fn route(pd: Arc<PdServer>, req: Request<Body>) -> Response<Body> {
         },
         (&Method::GET, ["pd", "api", "v1", "members"]) => members(&pd),
         (&Method::GET, ["test-pd", "api", "v1", "counters"]) => counters(&pd),
+        (&Method::POST, ["test-pd", "api", "v1", "store", s, "bury"]) => match id(s) {
+            None => bad_id(s),
+            Some(id) => bury_store(&pd, id),
+        },
         _ => reply(
             StatusCode::NOT_FOUND,
             &json!(format!("404 page not found: {} {}", req.method(), path)),
@@ -210,20 +218,35 @@ fn delete_store(pd: &PdServer, id: u64, req: &Request<Body>) -> Response<Body> {
     if s.get_state() == StoreState::Tombstone {
         return removed_store(id);
     }
-    let force = query(req).iter().any(|(k, v)| k == "force" && v != "false");
+    // PD takes the key's presence, whatever its value (`_, force :=
+    // r.URL.Query()["force"]`, tikv/pd `server/api/store.go`): "physically
+    // destroyed", not "bury now".
+    let force = query(req).iter().any(|(k, _)| k == "force");
+    if let Err(e) = pd.remove_store(id, force) {
+        return reply(StatusCode::BAD_REQUEST, &json!(e));
+    }
+    // PD buries an Offline store once no region is left on it; test-pd has
+    // no regions, so it takes the store's own last report.
     let empty = pd
         .last_heartbeat(id)
         .map(|h| h.get_region_count() == 0)
         .unwrap_or(true);
-    // PD buries an Offline store once no region is left on it; test-pd has
-    // no regions, so it takes the store's own last report (or `force`).
-    let state = if force || empty {
-        StoreState::Tombstone
-    } else {
-        StoreState::Offline
-    };
-    pd.set_store_state(id, state);
+    if empty {
+        pd.set_store_state(id, StoreState::Tombstone);
+    }
     ok(json!("The store is set as Offline."))
+}
+
+/// test-pd's own: bury a store at once, whatever its regions (what PD
+/// does only once they are gone).
+fn bury_store(pd: &PdServer, id: u64) -> Response<Body> {
+    match pd.get_store(id) {
+        None => not_found_store(id),
+        Some(_) => {
+            pd.set_store_state(id, StoreState::Tombstone);
+            ok(json!("The store is buried."))
+        }
+    }
 }
 
 fn set_state(pd: &PdServer, id: u64, req: &Request<Body>) -> Response<Body> {

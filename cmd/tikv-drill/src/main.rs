@@ -2,7 +2,9 @@
 //! at each step, what PD answers, what the resolver concludes and what the
 //! raft client does, plus a cold-start case. In-process by default (test_pd,
 //! three raft services and store 1's raft client); `--processes` walks the
-//! same scenario on real `test-pd` and `tikv-server` processes. Prints one
+//! same scenario on real `test-pd` and `tikv-server` processes, then the
+//! start-order walk (a store started before PD, a store on a live store's
+//! address; `test_lab::startup`). Prints one
 //! report (a table, or JSON with `--json`) and exits 1 when an expectation
 //! failed.
 //!
@@ -113,7 +115,14 @@ fn main() {
                 test_lab::process::bin_dir().display()
             );
         }
-        match test_lab::scenario::removed_store_walk(flavor, progress) {
+        // The removed-store walk, then the start-order walk (a store
+        // started before PD; a store on a live store's address).
+        let walks = test_lab::scenario::removed_store_walk(flavor, progress).and_then(|mut r| {
+            let s = test_lab::startup::startup_walk(flavor, progress)?;
+            r.steps.extend(s.steps);
+            Ok(r)
+        });
+        match walks {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("tikv-drill: cannot run the walk on processes: {}", e);

@@ -124,6 +124,108 @@ fn put_store_then_tombstone_refused() {
     assert!(matches!(c.put_store(bad), Err(Error::Other(_))));
 }
 
+fn store(id: u64, addr: &str, peer: &str) -> metapb::Store {
+    let mut s = metapb::Store::default();
+    s.set_id(id);
+    s.set_address(addr.into());
+    s.set_peer_address(peer.into());
+    s
+}
+
+fn refused(r: pd_client::Result<()>, want: &str) {
+    match r {
+        Err(Error::Other(e)) => assert!(e.to_string().contains(want), "{}", e),
+        r => panic!("want {:?}, got {:?}", want, r),
+    }
+}
+
+/// PutStore refuses an address or peer address another live store holds,
+/// with PD's text (tikv/pd `putStoreImpl`); a Tombstone or physically
+/// destroyed store holds nothing, an empty peer address conflicts with
+/// nothing, and a store may register its own address again.
+#[test]
+fn put_store_refuses_a_duplicated_address_as_pd() {
+    let pd = Server::single();
+    let c = client(&pd);
+    c.put_store(store(1, "127.0.0.1:20161", "")).unwrap();
+    c.put_store(store(2, "127.0.0.1:20162", "127.0.0.1:20262"))
+        .unwrap();
+    refused(
+        c.put_store(store(3, "127.0.0.1:20161", "")),
+        "duplicated store address: id:3 address:\"127.0.0.1:20161\", already registered by id:1",
+    );
+    // A new address equal to another store's peer address.
+    refused(
+        c.put_store(store(3, "127.0.0.1:20262", "")),
+        "duplicated store address: id:3",
+    );
+    // A new peer address equal to another store's address or peer address.
+    refused(
+        c.put_store(store(3, "127.0.0.1:20163", "127.0.0.1:20161")),
+        "duplicated store peer address: id:3",
+    );
+    refused(
+        c.put_store(store(3, "127.0.0.1:20163", "127.0.0.1:20262")),
+        "already registered by id:2",
+    );
+    assert!(
+        pd.get_store(3).is_none(),
+        "a refused store is not registered"
+    );
+    // Empty peer addresses, a store's own address again: accepted.
+    c.put_store(store(3, "127.0.0.1:20163", "")).unwrap();
+    c.put_store(store(1, "127.0.0.1:20161", "")).unwrap();
+
+    // Offline is not enough; Offline and physically destroyed is.
+    pd.remove_store(1, false).unwrap();
+    refused(
+        c.put_store(store(4, "127.0.0.1:20161", "")),
+        "already registered by id:1",
+    );
+    pd.remove_store(1, true).unwrap();
+    c.put_store(store(4, "127.0.0.1:20161", "")).unwrap();
+    // Tombstone holds nothing either.
+    pd.bury(2);
+    c.put_store(store(5, "127.0.0.1:20162", "127.0.0.1:20262"))
+        .unwrap();
+}
+
+/// PD's `RemoveStore`: Offline, flagged physically destroyed when forced;
+/// PD's errors for a removed, destroyed or unknown store.
+#[test]
+fn remove_store_as_pd() {
+    let pd = Server::single();
+    pd.add_store(1, "127.0.0.1:1");
+    pd.add_store(2, "127.0.0.1:2");
+    pd.remove_store(1, false).unwrap();
+    let s = pd.get_store(1).unwrap();
+    assert_eq!(s.get_state(), metapb::StoreState::Offline);
+    assert!(!s.get_physically_destroyed());
+    // Again: nothing to do. Then forced: destroyed, still Offline.
+    pd.remove_store(1, false).unwrap();
+    pd.remove_store(1, true).unwrap();
+    let s = pd.get_store(1).unwrap();
+    assert_eq!(s.get_state(), metapb::StoreState::Offline);
+    assert!(s.get_physically_destroyed());
+    pd.remove_store(1, true).unwrap();
+    let e = pd.remove_store(1, false).unwrap_err();
+    assert!(e.contains("store 1 has been physically destroyed"), "{}", e);
+    pd.bury(2);
+    let e = pd.remove_store(2, true).unwrap_err();
+    assert!(e.contains("store 2 has been removed"), "{}", e);
+    let e = pd.remove_store(9, true).unwrap_err();
+    assert!(e.contains("store 9 not found"), "{}", e);
+}
+
+/// The harness refuses to plant what PD would refuse.
+#[test]
+#[should_panic(expected = "duplicated store address")]
+fn add_store_on_a_live_store_s_address_panics() {
+    let pd = Server::single();
+    pd.add_store(1, "127.0.0.1:1");
+    pd.add_store(2, "127.0.0.1:1");
+}
+
 #[test]
 fn get_all_stores_honours_exclude_tombstone() {
     let pd = Server::single();

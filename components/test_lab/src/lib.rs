@@ -11,6 +11,7 @@ pub mod lab;
 pub mod process;
 pub mod report;
 pub mod scenario;
+pub mod startup;
 
 pub use crate::lab::{Lab, LabStore};
 pub use crate::report::{Progress, Report};

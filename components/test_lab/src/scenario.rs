@@ -75,7 +75,8 @@ fn tombstoned_anywhere(lab: &Lab, stores: &[u64], id: u64) -> bool {
     })
 }
 
-fn ms(d: Duration) -> String {
+/// A duration as `NNNms`, for report rows.
+pub fn ms(d: Duration) -> String {
     format!("{}ms", d.as_millis())
 }
 

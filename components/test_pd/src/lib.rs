@@ -212,12 +212,55 @@ impl Server {
         }
     }
 
-    /// Registers an Up store at `address`.
+    /// Registers an Up store at `address`. Panics when PD would refuse it
+    /// (another store that is neither Tombstone nor physically destroyed
+    /// holds the address), so no test runs a sequence a real PD refuses.
     pub fn add_store(&self, id: u64, address: &str) {
         let mut s = metapb::Store::default();
         s.set_id(id);
         s.set_address(address.to_owned());
+        if let Some(msg) = self.cluster.address_conflict(&s) {
+            panic!("test PD refuses store {} as PD would: {}", id, msg);
+        }
         self.put_store(s);
+    }
+
+    /// PD's refusal of `store`'s address or peer address, if any (the check
+    /// PutStore makes).
+    pub fn address_conflict(&self, store: &metapb::Store) -> Option<String> {
+        self.cluster.address_conflict(store)
+    }
+
+    /// PD's `RemoveStore(id, physically_destroyed)` (tikv/pd
+    /// `server/cluster/cluster.go`; `DELETE /pd/api/v1/store/{id}[?force]`):
+    /// the store goes Offline, flagged physically destroyed when asked; it
+    /// is buried later, once its regions are gone. Errors carry PD's texts.
+    pub fn remove_store(&self, id: u64, physically_destroyed: bool) -> Result<(), String> {
+        let s = self
+            .cluster
+            .get_store(id)
+            .ok_or_else(|| format!("[PD:core:ErrStoreNotFound]store {} not found", id))?;
+        if s.get_state() == metapb::StoreState::Offline
+            && s.get_physically_destroyed() == physically_destroyed
+        {
+            return Ok(());
+        }
+        if s.get_state() == metapb::StoreState::Tombstone {
+            return Err(format!(
+                "[PD:core:ErrStoreRemoved]store {} has been removed",
+                id
+            ));
+        }
+        if s.get_physically_destroyed() {
+            return Err(format!(
+                "[PD:core:ErrStoreDestroyed]store {} has been physically destroyed",
+                id
+            ));
+        }
+        self.set_store_state(id, metapb::StoreState::Offline);
+        self.cluster
+            .update_store(id, |s| s.set_physically_destroyed(physically_destroyed));
+        Ok(())
     }
 
     /// Registers or replaces a store's meta as given (no validation: tests
@@ -231,8 +274,18 @@ impl Server {
         self.cluster.get_store(id)
     }
 
-    /// Changes a known store's address.
+    /// Changes a known store's address (as its PutStore would; panics when
+    /// PD would refuse it, as [`add_store`](Self::add_store)).
     pub fn set_store_address(&self, id: u64, address: &str) {
+        if let Some(mut s) = self.cluster.get_store(id) {
+            s.set_address(address.to_owned());
+            if let Some(msg) = self.cluster.address_conflict(&s) {
+                panic!(
+                    "test PD refuses store {}'s address as PD would: {}",
+                    id, msg
+                );
+            }
+        }
         self.cluster
             .update_store(id, |s| s.set_address(address.to_owned()));
     }

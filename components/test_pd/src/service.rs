@@ -275,6 +275,10 @@ impl Pd for PdService {
                     return Answer::Ok(r);
                 }
             }
+            if let Some(msg) = this.cluster.address_conflict(&store) {
+                r.set_header(err_header(cid, ErrorType::UNKNOWN, msg));
+                return Answer::Ok(r);
+            }
             // A new store starts Up and Preparing (PD moves it to Serving
             // later); a known one keeps its states, as PD's PutMetaStore does.
             let mut store = store;

@@ -130,6 +130,41 @@ impl Cluster {
         s.stores.insert(store.get_id(), store);
     }
 
+    /// PD's refusal of `store` when another store holds its address or
+    /// peer address (tikv/pd `server/cluster/cluster.go`, `putStoreImpl`):
+    /// a store that is Tombstone or physically destroyed holds nothing. An
+    /// empty peer address takes part in no check.
+    pub(crate) fn address_conflict(&self, store: &metapb::Store) -> Option<String> {
+        let s = self.state.lock().unwrap();
+        let mut others: Vec<_> = s.stores.values().collect();
+        others.sort_by_key(|o| o.get_id());
+        for o in others {
+            if o.get_state() == metapb::StoreState::Tombstone
+                || o.get_physically_destroyed()
+                || o.get_id() == store.get_id()
+            {
+                continue;
+            }
+            let (addr, peer) = (o.get_address(), o.get_peer_address());
+            if store.get_address() == addr || (!peer.is_empty() && store.get_address() == peer) {
+                return Some(format!(
+                    "duplicated store address: {}, already registered by {}",
+                    go_text(store),
+                    go_text(o)
+                ));
+            }
+            let mine = store.get_peer_address();
+            if !mine.is_empty() && (mine == addr || mine == peer) {
+                return Some(format!(
+                    "duplicated store peer address: {}, already registered by {}",
+                    go_text(store),
+                    go_text(o)
+                ));
+            }
+        }
+        None
+    }
+
     pub(crate) fn get_store(&self, id: u64) -> Option<metapb::Store> {
         self.state.lock().unwrap().stores.get(&id).cloned()
     }
@@ -232,4 +267,26 @@ impl Cluster {
         let s = self.state.lock().unwrap();
         s.counts.get(&(m, store)).copied().unwrap_or(0)
     }
+}
+
+/// A store as Go's `%v` prints a protobuf message (PD's error texts): the
+/// fields that are set, `name:value`, strings quoted.
+pub(crate) fn go_text(s: &metapb::Store) -> String {
+    let mut f = vec![format!("id:{}", s.get_id())];
+    let mut text = |name: &str, v: &str| {
+        if !v.is_empty() {
+            f.push(format!("{}:{:?}", name, v));
+        }
+    };
+    text("address", s.get_address());
+    text("version", s.get_version());
+    text("peer_address", s.get_peer_address());
+    text("status_address", s.get_status_address());
+    if s.get_state() != metapb::StoreState::Up {
+        f.push(format!("state:{:?}", s.get_state()));
+    }
+    if s.get_physically_destroyed() {
+        f.push("physically_destroyed:true".to_owned());
+    }
+    f.join(" ")
 }
