@@ -1,9 +1,9 @@
 //! The Raft client: one queue and one connection task per (store, conn_id),
 //! batching messages over `BatchRaft` (falling back to `Raft`).
 //!
-//! The hot path: `send` encodes the message (on the caller's thread, while
-//! it is in cache; [`super::raft_codec`]) and pushes the bytes into the
-//! connection's lock-free ring ([`raft_queue`]; no lock, no clone); `flush`
+//! The hot path: `send` encodes a small message (on the caller's thread,
+//! while it is in cache; a large one keeps its cached sizes; see
+//! [`super::raft_codec`]) and pushes it into the connection's lock-free ring ([`raft_queue`]; no lock, no clone); `flush`
 //! wakes the connection only if it is parked. Each call's sender runs on the
 //! channel's completion queue (`client.spawn`, as upstream) and copies
 //! encoded messages into one gRPC buffer per batch; the reconnect loop
@@ -520,7 +520,7 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
         }
         // Encoded here, on the caller's thread, while the message is in its
         // cache (see `raft_codec`).
-        let mut msg = EncodedMessage::encode(&msg);
+        let mut msg = EncodedMessage::encode(msg);
         for _ in 0..2 {
             if let Some(cq) = self.cache.get_mut(&key) {
                 match cq.queue.push(msg) {
@@ -1149,7 +1149,7 @@ fn report_oversized<R: StoreAddrResolver + Sync, E: RaftExtension>(
     for m in &msgs {
         warn!(shared.logger, "raft message is larger than max-grpc-send-msg-len, dropped";
             "store_id" => store_id, "region_id" => m.region_id,
-            "size" => m.bytes.len());
+            "size" => m.len());
     }
     shared.report_msgs(store_id, msgs, "oversize");
 }

@@ -1,12 +1,13 @@
 //! Raft messages encoded once, by `send`, and written as raw bytes.
 //!
-//! The raft client encodes a `RaftMessage` on the caller's thread, while
-//! the message is still in its cache, and queues only the bytes and the two
-//! ids a report needs. The call's sender on the gRPC thread then copies
-//! encoded messages into the wire buffer instead of walking each message's
+//! The raft client encodes a small `RaftMessage` on the caller's thread,
+//! while the message is still in its cache, and queues only the bytes and
+//! the two ids a report needs; a large one is queued with its sizes cached
+//! (see [`Body`]). The call's sender on the gRPC thread then copies encoded
+//! messages into the wire buffer instead of walking each small message's
 //! heap (a queue of thousands of messages does not fit any cache, so every
 //! field read there was a miss). The size of a queued message is exact and
-//! free, a held clone is one copy of contiguous bytes, and the bytes on the
+//! free, and the bytes on the
 //! wire are those protobuf would write: a `BatchRaftMessage` is its `msgs`
 //! entries (field 1, length-delimited) and `last_observed_time` (field 13,
 //! varint), as in pingcap/kvproto `proto/tikvpb.proto`; a `Raft` call writes
@@ -22,33 +23,98 @@ const FIELD_MSGS: u32 = 1;
 /// `BatchRaftMessage.last_observed_time`.
 const FIELD_LAST_OBSERVED_TIME: u32 = 13;
 
-/// One encoded `RaftMessage` and what reporting it unreachable needs.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Messages whose encoded size reaches this stay unencoded until the write
+/// (see [`Body`]).
+pub const ENCODE_BELOW: usize = 1024;
+
+/// A queued message's body.
+///
+/// A small message is encoded by `send` (its fields are scattered over the
+/// heap; the bytes are one copy in cache). A large one is mostly entry or
+/// snapshot data that protobuf copies as it is: encoding it at `send` would
+/// copy that data twice (into the bytes, then into gRPC's slice), so it is
+/// kept as the message with its sizes computed and cached by protobuf
+/// (`compute_size`), and written once, straight into the slice, as grpcio's
+/// own `pb_ser` does.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Body {
+    /// The message, protobuf-encoded.
+    Bytes(Vec<u8>),
+    /// The message and its encoded size (cached in it by `compute_size`;
+    /// never mutated after).
+    Message(Box<RaftMessage>, usize),
+}
+
+/// One queued `RaftMessage` and what reporting it unreachable needs.
+#[derive(Clone, Debug, PartialEq)]
 pub struct EncodedMessage {
     /// The message's `region_id`.
     pub region_id: u64,
     /// The message's `to_peer.id`.
     pub to_peer_id: u64,
-    /// The message, protobuf-encoded.
-    pub bytes: Vec<u8>,
+    /// The message.
+    pub body: Body,
 }
 
 impl EncodedMessage {
-    /// Encodes `msg`.
-    pub fn encode(msg: &RaftMessage) -> EncodedMessage {
+    /// Prepares `msg` for the queue: encoded when it is small.
+    pub fn encode(msg: RaftMessage) -> EncodedMessage {
+        let (region_id, to_peer_id) = (msg.get_region_id(), msg.get_to_peer().get_id());
+        let size = msg.compute_size() as usize;
+        let body = if size < ENCODE_BELOW {
+            // Into a slice of the exact size, as `write_to_bytes` does (a
+            // `Vec` stream goes through protobuf's buffer: measurably slower).
+            let mut bytes = vec![0; size];
+            let mut os = protobuf::CodedOutputStream::bytes(&mut bytes);
+            msg.write_to_with_cached_sizes(&mut os)
+                .expect("a RaftMessage has no required fields");
+            os.check_eof();
+            drop(os);
+            Body::Bytes(bytes)
+        } else {
+            Body::Message(Box::new(msg), size)
+        };
         EncodedMessage {
-            region_id: msg.get_region_id(),
-            to_peer_id: msg.get_to_peer().get_id(),
-            bytes: msg
-                .write_to_bytes()
-                .expect("a RaftMessage has no required fields"),
+            region_id,
+            to_peer_id,
+            body,
         }
+    }
+
+    /// The message's encoded size.
+    pub fn len(&self) -> usize {
+        match &self.body {
+            Body::Bytes(b) => b.len(),
+            Body::Message(_, size) => *size,
+        }
+    }
+
+    /// Whether the message encodes to nothing (a default `RaftMessage`).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Bytes this message takes as a `msgs` entry of a batch: tag, length
     /// varint and body.
     pub fn len_in_batch(&self) -> usize {
-        tag_len(FIELD_MSGS) + varint_len(self.bytes.len() as u64) + self.bytes.len()
+        let n = self.len();
+        tag_len(FIELD_MSGS) + varint_len(n as u64) + n
+    }
+
+    /// Writes the message's encoding into `dst`, exactly `len()` bytes.
+    fn write_body(&self, dst: &mut [u8]) -> grpcio::Result<()> {
+        match &self.body {
+            Body::Bytes(b) => {
+                dst.copy_from_slice(b);
+                Ok(())
+            }
+            // The cached sizes are the ones `len()` reports: the message
+            // writes exactly that many bytes (protobuf's contract, which
+            // grpcio's `pb_ser` relies on too); one byte more fails.
+            Body::Message(m, _) => m
+                .write_to_with_cached_sizes(&mut protobuf::CodedOutputStream::bytes(dst))
+                .map_err(|e| codec_error(&format!("cannot encode a raft message: {}", e))),
+        }
     }
 }
 
@@ -79,8 +145,9 @@ impl EncodedBatch {
         let mut w = SliceWriter { buf, pos: 0 };
         for m in &self.msgs {
             w.varint(tag(FIELD_MSGS, WIRE_LEN))?;
-            w.varint(m.bytes.len() as u64)?;
-            w.bytes(&m.bytes)?;
+            w.varint(m.len() as u64)?;
+            let dst = w.take(m.len())?;
+            m.write_body(dst)?;
         }
         if self.last_observed_time != 0 {
             w.varint(tag(FIELD_LAST_OBSERVED_TIME, WIRE_VARINT))?;
@@ -126,14 +193,14 @@ impl SliceWriter<'_> {
         }
     }
 
-    fn bytes(&mut self, data: &[u8]) -> grpcio::Result<()> {
-        let end = self.pos + data.len();
-        let Some(dst) = self.buf.get_mut(self.pos..end) else {
+    /// The next `n` bytes, for the caller to fill.
+    fn take(&mut self, n: usize) -> grpcio::Result<&mut [u8]> {
+        let (start, end) = (self.pos, self.pos + n);
+        if end > self.buf.len() {
             return Err(codec_error("batch is longer than its size"));
-        };
-        dst.copy_from_slice(data);
+        }
         self.pos = end;
-        Ok(())
+        Ok(&mut self.buf[start..end])
     }
 }
 
@@ -169,17 +236,16 @@ fn ser_batch(b: &EncodedBatch, buf: &mut GrpcSlice) -> grpcio::Result<()> {
 }
 
 fn ser_message(m: &EncodedMessage, buf: &mut GrpcSlice) -> grpcio::Result<()> {
-    let size = m.bytes.len();
+    let size = m.len();
     if size > u32::MAX as usize {
         return Err(too_large(size));
     }
-    // SAFETY: as in `ser_batch`; the copy fills all `size` bytes.
-    unsafe {
+    // SAFETY: as in `ser_batch`; `write_body` fills all `size` bytes.
+    let raw = unsafe {
         let raw = buf.realloc(size);
-        let raw = &mut *(raw as *mut [std::mem::MaybeUninit<u8>] as *mut [u8]);
-        raw.copy_from_slice(&m.bytes);
-    }
-    Ok(())
+        &mut *(raw as *mut [std::mem::MaybeUninit<u8>] as *mut [u8])
+    };
+    m.write_body(raw)
 }
 
 // A client never decodes its own requests.
@@ -254,7 +320,7 @@ mod tests {
             RaftMessage::default(),
         ];
         let b = EncodedBatch {
-            msgs: msgs.iter().map(EncodedMessage::encode).collect(),
+            msgs: msgs.iter().cloned().map(EncodedMessage::encode).collect(),
             last_observed_time: 1_700_000_000_123_456_789,
         };
         let wire = ser(&b);
@@ -270,7 +336,7 @@ mod tests {
     #[test]
     fn sizes_are_exact() {
         for payload in [0, 1, 100, 127, 128, 16_383, 16_384, 300_000] {
-            let e = EncodedMessage::encode(&msg(9, payload));
+            let e = EncodedMessage::encode(msg(9, payload));
             let mut one = BatchRaftMessage::default();
             one.mut_msgs().push(msg(9, payload));
             assert_eq!(e.len_in_batch(), one.compute_size() as usize, "{}", payload);
@@ -284,16 +350,39 @@ mod tests {
     }
 
     #[test]
+    fn small_messages_are_encoded_large_ones_kept() {
+        let small = EncodedMessage::encode(msg(1, 10));
+        assert!(matches!(small.body, Body::Bytes(_)));
+        let large = EncodedMessage::encode(msg(1, ENCODE_BELOW));
+        assert!(matches!(large.body, Body::Message(_, n) if n >= ENCODE_BELOW));
+        // Both write protobuf's bytes, alone and in one batch.
+        for m in [msg(1, 10), msg(1, ENCODE_BELOW)] {
+            let b = EncodedBatch {
+                msgs: vec![EncodedMessage::encode(m.clone())],
+                last_observed_time: 0,
+            };
+            let mut one = BatchRaftMessage::default();
+            one.mut_msgs().push(m);
+            assert_eq!(ser(&b), one.write_to_bytes().unwrap());
+        }
+    }
+
+    #[test]
     fn ids_for_reports_are_the_message_s() {
-        let e = EncodedMessage::encode(&msg(42, 3));
-        assert_eq!((e.region_id, e.to_peer_id), (42, 420));
-        assert_eq!(RaftMessage::parse_from_bytes(&e.bytes).unwrap(), msg(42, 3));
+        for payload in [3, ENCODE_BELOW] {
+            let e = EncodedMessage::encode(msg(42, payload));
+            assert_eq!((e.region_id, e.to_peer_id), (42, 420));
+            let mut slice = GrpcSlice::default();
+            ser_message(&e, &mut slice).unwrap();
+            let back = RaftMessage::parse_from_bytes(slice.as_slice()).unwrap();
+            assert_eq!(back, msg(42, payload));
+        }
     }
 
     #[test]
     fn a_write_into_a_short_buffer_fails() {
         let b = EncodedBatch {
-            msgs: vec![EncodedMessage::encode(&msg(1, 10))],
+            msgs: vec![EncodedMessage::encode(msg(1, 10))],
             last_observed_time: 1,
         };
         let mut short = vec![0; b.encoded_len() - 1];
