@@ -61,6 +61,12 @@ def load():
     unsectioned = [m["name"] for m in mutants if not m.get("section")]
     if unsectioned:
         sys.exit("mutants.toml: no README section for %s" % unsectioned)
+    # A section names a heading of the README, so a reader finds the promise.
+    with open(os.path.join(ROOT, "README.md")) as f:
+        headings = {h.strip() for h in re.findall(r"^#+ (.*)$", f.read(), re.M)}
+    unknown = sorted({m["section"] for m in mutants if m["section"] not in headings})
+    if unknown:
+        sys.exit("mutants.toml: sections that are no README heading: %s" % unknown)
     return mutants
 
 
