@@ -3,6 +3,7 @@
 //! them first), on loopback, logs in a temp dir, every child killed on drop.
 
 mod cli;
+mod hosts;
 
 use test_lab::scenario::removed_store_walk;
 use test_lab::Progress;

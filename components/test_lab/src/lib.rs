@@ -6,6 +6,7 @@
 
 #![deny(missing_docs)]
 
+pub mod hosts;
 pub mod http;
 pub mod lab;
 pub mod process;
