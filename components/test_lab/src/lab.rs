@@ -7,6 +7,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
+use crate::hosts::Host;
 use crate::http::{self, HttpClient};
 use crate::process::{bin, LabProcess};
 
@@ -91,17 +92,40 @@ impl Lab {
         extra: &[&str],
         security: Option<&str>,
     ) -> Result<Lab, String> {
+        Lab::start_inner(flavor, extra, security, None)
+    }
+
+    /// As [`start`](Self::start), with test-pd inside `host` (gRPC on
+    /// port 2379, HTTP on 2380 of the host's address).
+    pub fn start_in(flavor: &str, host: &Host) -> Result<Lab, String> {
+        Lab::start_inner(flavor, &[], None, Some(host))
+    }
+
+    fn start_inner(
+        flavor: &str,
+        extra: &[&str],
+        security: Option<&str>,
+        host: Option<&Host>,
+    ) -> Result<Lab, String> {
         let dir = tempfile::Builder::new()
             .prefix("tikv-lab-")
             .tempdir()
             .map_err(|e| format!("temp dir: {}", e))?;
-        let mut cmd = Command::new(bin("test-pd")?);
+        let (mut cmd, ip) = match host {
+            Some(h) => (h.command(&bin("test-pd")?), h.addr.clone()),
+            None => (Command::new(bin("test-pd")?), "127.0.0.1".to_owned()),
+        };
         if let Some(sec) = security {
             let p = dir.path().join("test-pd.toml");
             std::fs::write(&p, sec).map_err(|e| format!("{}: {}", p.display(), e))?;
             cmd.arg("--config").arg(p);
         }
-        cmd.args(["--addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        let (grpc, http) = if host.is_some() {
+            (format!("{}:2379", ip), format!("{}:2380", ip))
+        } else {
+            (format!("{}:0", ip), format!("{}:0", ip))
+        };
+        cmd.args(["--addr", &grpc, "--http-addr", &http])
             .args(["--flavor", flavor])
             .args(extra);
         let pd = LabProcess::spawn("test-pd", cmd, &dir.path().join("test-pd.stderr"))?;
@@ -139,7 +163,43 @@ impl Lab {
     /// config, its log in the lab dir, and free ports unless `extra` (added
     /// last) names `--addr` or `--status-addr`.
     pub fn store_command(&self, name: &str, extra: &[&str]) -> Result<Command, String> {
-        let mut cmd = Command::new(bin("tikv-server")?);
+        self.store_command_for(Command::new(bin("tikv-server")?), name, extra)
+    }
+
+    /// As [`store_command`](Self::store_command), the store inside `host`
+    /// (raft on port 20160, status on 20180 of the host's address).
+    pub fn store_command_in(
+        &self,
+        name: &str,
+        host: &Host,
+        extra: &[&str],
+    ) -> Result<Command, String> {
+        let (addr, status) = (
+            format!("{}:20160", host.addr),
+            format!("{}:20180", host.addr),
+        );
+        let mut all = vec!["--addr", &addr, "--status-addr", &status];
+        all.extend_from_slice(extra);
+        self.store_command_for(host.command(&bin("tikv-server")?), name, &all)
+    }
+
+    /// Starts a store inside `host` with data dir `name`; returns its id.
+    pub fn start_store_in(&mut self, name: &str, host: &Host) -> Result<u64, String> {
+        let cmd = self.store_command_in(name, host, &[])?;
+        let p = LabProcess::spawn(
+            &format!("tikv-server {}", name),
+            cmd,
+            &self.stderr_path(name),
+        )?;
+        self.adopt_store(name, p)
+    }
+
+    fn store_command_for(
+        &self,
+        mut cmd: Command,
+        name: &str,
+        extra: &[&str],
+    ) -> Result<Command, String> {
         if !extra.contains(&"--config") {
             cmd.arg("--config").arg(&self.config);
         }
