@@ -6,8 +6,10 @@
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use test_lab::host_walk::{self, attempts, in_episode, received_from, tombstoned};
 use test_lab::hosts::{self, HostLab};
 use test_lab::process::{bin, LabProcess};
+use test_lab::Progress;
 
 fn lab_or_skip(n: usize) -> Option<HostLab> {
     if let Some(why) = hosts::unavailable() {
@@ -81,43 +83,15 @@ fn blackholed_host_hangs_healed_host_answers_dead_process_refuses() {
     );
 }
 
-fn received_from(lab: &test_lab::Lab, me: u64, from: u64) -> u64 {
-    lab.raft_client(me)
-        .ok()
-        .and_then(|v| v["traffic"]["reports"]["received_from"][from.to_string()].as_u64())
-        .unwrap_or(0)
-}
-
-fn in_episode(lab: &test_lab::Lab, me: u64, id: u64) -> bool {
-    lab.raft_client(me)
-        .ok()
-        .and_then(|v| v["pool"]["not_found"].as_array().cloned())
-        .is_some_and(|a| a.iter().any(|e| e["store_id"].as_u64() == Some(id)))
-}
-
-/// test-pd on host 1, stores a, b, c on hosts 2, 3, 4, with traffic
-/// between every pair and regions reported to PD.
-fn three_stores(hl: &HostLab) -> (test_lab::Lab, [u64; 3]) {
-    let mut lab = test_lab::Lab::start_in("new", hl.host(1)).unwrap();
-    let a = lab.start_store_in("a", hl.host(2)).unwrap();
-    let b = lab.start_store_in("b", hl.host(3)).unwrap();
-    let c = lab.start_store_in("c", hl.host(4)).unwrap();
-    wait(
-        "traffic between every pair, regions in PD",
-        Duration::from_secs(20),
-        || {
-            [a, b, c]
-                .iter()
-                .all(|&me| {
-                    [a, b, c]
-                        .iter()
-                        .all(|&o| o == me || received_from(&lab, me, o) > 0)
-                        && lab.pd_region_count(me).unwrap_or(0) > 0
-                })
-                .then_some(())
-        },
-    );
-    (lab, [a, b, c])
+fn wait<T>(what: &str, bound: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{} not within {:?}", what, bound);
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
 }
 
 /// Observes for `d` (a partition's length), failing at once if `bad`
@@ -130,131 +104,24 @@ fn never_for(d: Duration, what: &str, mut bad: impl FnMut() -> bool) {
     }
 }
 
-fn tombstoned(lab: &test_lab::Lab, me: u64, id: u64) -> bool {
-    lab.raft_client(me)
-        .ok()
-        .and_then(|v| v["pool"]["tombstones"].as_array().cloned())
-        .is_some_and(|a| a.iter().any(|x| x.as_u64() == Some(id)))
+fn three_stores(hl: &HostLab) -> (test_lab::Lab, [u64; 3]) {
+    host_walk::three_stores(hl, "new", Progress::off())
+        .unwrap()
+        .expect("traffic between the three hosts")
 }
 
-fn attempts(lab: &test_lab::Lab, me: u64, to: u64) -> u64 {
-    lab.raft_client(me)
-        .ok()
-        .and_then(|v| v["pool"]["connection_attempts"][to.to_string()].as_u64())
-        .unwrap_or(0)
-}
-
-fn wait<T>(what: &str, bound: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + bound;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{} not within {:?}", what, bound);
-        std::thread::park_timeout(Duration::from_millis(50));
-    }
-}
-
-/// Scenario 1 of the host lab, "powered off, then removed": store C's
-/// process is SIGKILLed and its host blackholed, so every connection
-/// attempt to it hangs until `raft-client-connect-timeout` (1 s in the
-/// lab). A SIGTERM'd store exits 0 while such a connect hangs; through
-/// PD's HTTP API C goes Offline, Tombstone and is forgotten; the other
-/// store reaches the verdict, with connection attempts and GetStore calls
-/// within the schedule's bound and its accounting balanced.
+/// Scenario 1, "powered off, then removed" (`test_lab::host_walk`), in
+/// both PD flavours: the walk's report must hold in every row.
 #[test]
 fn powered_off_host_then_removed() {
-    let Some(hl) = lab_or_skip(4) else {
+    if lab_or_skip(1).is_none() {
         return;
-    };
-    let (mut lab, [a, b, c]) = three_stores(&hl);
-
-    // Powered off: the process dies, the host stops answering.
-    lab.stores.get_mut(&c).unwrap().process.kill();
-    hl.blackhole(4).unwrap();
-    let off = Instant::now();
-    let (attempts_at_off, calls_at_off) = (attempts(&lab, a, c), lab.get_store_calls(c).unwrap());
-    let b_at_off = attempts(&lab, b, c);
-    // Store B is stopped while a connect to C hangs (the kill reset its
-    // stream; its next connect goes to the silent host): it exits 0 within
-    // the stop bound (5 s) plus a connect timeout, its accounting balanced.
-    wait(
-        "store b connecting to the dead host",
-        Duration::from_secs(10),
-        || (attempts(&lab, b, c) > b_at_off).then_some(()),
-    );
-    let mut sb = lab.stores.remove(&b).unwrap();
-    sb.process.signal(false).unwrap();
-    let status = sb.process.wait_exit(Duration::from_secs(8));
-    assert!(status.is_some_and(|s| s.success()), "store b: {:?}", status);
-    let log = std::fs::read_to_string(&sb.log).unwrap();
-    assert!(
-        log.lines()
-            .rev()
-            .any(|l| l.contains("tikv-server stopped") && l.contains("[balanced=true]")),
-        "store b's last lines: {}",
-        log.lines().rev().take(3).collect::<Vec<_>>().join("\n")
-    );
-
-    // Removed through PD's API: Offline (it reported regions), Tombstone,
-    // forgotten.
-    let (code, body) = lab
-        .pd_api("DELETE", &format!("/pd/api/v1/store/{}", c))
-        .unwrap();
-    assert_eq!(code, 200, "{}", body);
-    assert_eq!(lab.pd_state(c).unwrap().as_deref(), Some("Offline"));
-    let (code, body) = lab
-        .pd_api("POST", &format!("/test-pd/api/v1/store/{}/bury", c))
-        .unwrap();
-    assert_eq!(code, 200, "{}", body);
-    let buried = Instant::now();
-    // The verdict: within a connect timeout plus one backoff (1 s each in
-    // the lab) of the burial, with slack for a loaded machine.
-    wait(
-        "store a's tombstone verdict",
-        Duration::from_secs(10),
-        || tombstoned(&lab, a, c).then_some(()),
-    );
-    let to_verdict = buried.elapsed();
-    let (code, _) = lab
-        .pd_api("DELETE", "/pd/api/v1/stores/remove-tombstone")
-        .unwrap();
-    assert_eq!(code, 200);
-    assert_eq!(lab.pd_state(c).unwrap(), None);
-
-    // Each attempt hung for its connect timeout (1 s) and waited its
-    // backoff (100 ms doubling): no faster than one attempt per second.
-    let since = off.elapsed();
-    let made = attempts(&lab, a, c) - attempts_at_off;
-    let bound = since.as_secs() + 2;
-    assert!(
-        made <= bound,
-        "{} connection attempts in {:?} (bound {})",
-        made,
-        since,
-        bound
-    );
-    let calls = lab.get_store_calls(c).unwrap() - calls_at_off;
-    assert!(
-        calls <= 2 * bound,
-        "{} GetStore calls in {:?}",
-        calls,
-        since
-    );
-    assert!(
-        to_verdict < Duration::from_secs(8),
-        "verdict {:?} after the burial",
-        to_verdict
-    );
-    let v = wait("store a balanced", Duration::from_secs(10), || {
-        lab.raft_client(a).ok().filter(|v| v["balanced"] == true)
-    });
-    assert_eq!(
-        v["pool"]["connections"][c.to_string()]
-            .as_u64()
-            .unwrap_or(0),
-        0
-    );
+    }
+    for flavor in ["old", "new"] {
+        let r = host_walk::powered_off_walk(flavor, Progress::off()).unwrap();
+        println!("{}", r.table());
+        assert!(r.passed(), "{} PD:\n{}", flavor, r.failures());
+    }
 }
 
 /// Scenario 3, "partition and heal": store C's host is unreachable for
@@ -397,4 +264,23 @@ fn store_moved_to_another_host_is_followed() {
     );
     assert!(moved.elapsed() < Duration::from_secs(15));
     assert!(!tombstoned(&lab, a, c) && !tombstoned(&lab, b, c));
+}
+
+/// `tikv-drill --hosts --json`: the same walk from the drill, its report
+/// as JSON, exit 0 when every row holds.
+#[test]
+fn drill_walks_the_powered_off_store_on_hosts() {
+    if lab_or_skip(1).is_none() {
+        return;
+    }
+    let _one = hosts::exclusive();
+    let mut cmd = std::process::Command::new(bin("tikv-drill").unwrap());
+    cmd.args(["--hosts", "--json", "--pd", "old"]);
+    let f = test_lab::process::run_to_exit(cmd, Duration::from_secs(120)).unwrap();
+    assert_eq!(f.code, Some(0), "{}\n{}", f.stdout, f.stderr);
+    let v: serde_json::Value = serde_json::from_str(&f.stdout).unwrap();
+    assert_eq!(v["mode"], "hosts");
+    let steps = v["steps"].as_array().unwrap();
+    assert!(steps.len() >= 8, "{}", f.stdout);
+    assert!(steps.iter().all(|s| s["ok"] == true), "{}", f.stdout);
 }

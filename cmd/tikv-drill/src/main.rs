@@ -8,9 +8,11 @@
 //! report (a table, or JSON with `--json`) and exits 1 when an expectation
 //! failed.
 //!
-//! Usage: `tikv-drill [--pd old|new] [--processes] [--json] [--verbose]`
+//! Usage: `tikv-drill [--pd old|new] [--processes | --hosts] [--json] [--verbose]`
 //!   --pd old      PD answers not-found with gRPC status 2-UNKNOWN
 //!   --pd new      PD answers with a response header error UNKNOWN (default)
+//!   --hosts       as root: the powered-off store on hosts of their own
+//!                 (network namespaces; `test_lab::host_walk`)
 //!   --processes   spawn test-pd and tikv-servers (built by cargo) instead
 //!   --json        print the report as JSON on stdout
 //!   --verbose     print the raft client's log lines (TiKV format) to stderr
@@ -35,7 +37,7 @@ const VICTIM: u64 = 3;
 const LATECOMER: u64 = 4;
 
 fn usage() -> ! {
-    eprintln!("usage: tikv-drill [--pd old|new] [--processes] [--json] [--verbose]");
+    eprintln!("usage: tikv-drill [--pd old|new] [--processes | --hosts] [--json] [--verbose]");
     std::process::exit(2)
 }
 
@@ -68,6 +70,7 @@ fn short(s: &str) -> String {
 struct Args {
     shape: NotFoundShape,
     processes: bool,
+    hosts: bool,
     json: bool,
     verbose: bool,
 }
@@ -76,6 +79,7 @@ fn parse_args() -> Args {
     let mut a = Args {
         shape: NotFoundShape::Header,
         processes: false,
+        hosts: false,
         json: false,
         verbose: false,
     };
@@ -88,6 +92,7 @@ fn parse_args() -> Args {
                 _ => usage(),
             },
             "--processes" => a.processes = true,
+            "--hosts" => a.hosts = true,
             "--json" => a.json = true,
             "--verbose" => a.verbose = true,
             "-h" | "--help" => usage(),
@@ -107,7 +112,29 @@ fn main() {
         NotFoundShape::Header => "new",
     };
     let progress = Progress::new(!args.json);
-    let report = if args.processes {
+    if args.processes && args.hosts {
+        usage();
+    }
+    let report = if args.hosts {
+        if !args.json {
+            println!(
+                "tikv-drill: a powered-off store on network-namespace hosts ({} PD), binaries from {}",
+                flavor,
+                test_lab::process::bin_dir().display()
+            );
+        }
+        if let Some(why) = test_lab::hosts::unavailable() {
+            eprintln!("tikv-drill: --hosts cannot run here: {}", why);
+            std::process::exit(1)
+        }
+        match test_lab::host_walk::powered_off_walk(flavor, progress) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("tikv-drill: cannot run the walk on hosts: {}", e);
+                std::process::exit(1)
+            }
+        }
+    } else if args.processes {
         if !args.json {
             println!(
                 "tikv-drill: test-pd ({} PD) and tikv-server processes from {}",

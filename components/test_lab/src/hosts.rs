@@ -105,6 +105,12 @@ impl Host {
 /// and the leftover cleanup.
 static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Holds off every host lab of this process while the guard lives: for a
+/// test that runs a host lab in a child process (`tikv-drill --hosts`).
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    ONE_LAB.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A set of hosts on one bridge; the test's own namespace is the bridge's
 /// address `NET.254`.
 pub struct HostLab {
@@ -121,7 +127,7 @@ impl HostLab {
         if n == 0 || n > 200 {
             return Err(format!("a host lab has 1 to 200 hosts, not {}", n));
         }
-        let one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+        let one = exclusive();
         remove_leftovers();
         let mut lab = HostLab {
             hosts: Vec::new(),

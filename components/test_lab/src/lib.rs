@@ -6,6 +6,7 @@
 
 #![deny(missing_docs)]
 
+pub mod host_walk;
 pub mod hosts;
 pub mod http;
 pub mod lab;
