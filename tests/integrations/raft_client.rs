@@ -769,3 +769,51 @@ fn a_burst_of_sends_buys_no_earlier_pd_call() {
     assert_eq!(s.reported_unreachable, 501);
     assert_eq!(pd.get_store_count(9), 1, "one PD call for the one step");
 }
+
+/// Keepalive pings on a call whose receiver sends nothing back (a client
+/// stream), through 3 s of an idle call, do not end the connection.
+/// Upstream's raft server allows any number of pings without data
+/// (`http2_max_ping_strikes(i32::MAX)`, tikv/tikv `src/server/server.rs`);
+/// ours keeps gRPC's defaults, and this test found no GOAWAY with them
+/// (gRPC's client stops pinging after two pings without data), so ours
+/// does not copy the setting. The test guards the behaviour either way.
+#[test]
+fn keepalive_pings_keep_the_connection() {
+    for kind in RECEIVERS {
+        let pd = PdServer::single();
+        let node = Node::start(kind, 2, "127.0.0.1:0");
+        pd.add_store(2, &node.addr());
+        let cfg = Config {
+            grpc_keepalive_time: ReadableDuration::millis(200),
+            grpc_keepalive_timeout: ReadableDuration::secs(2),
+            ..fast_cfg()
+        };
+        let (_w, mut c, _) = raft_client(&pd, 1, cfg, &LogCapture::new());
+        // Traffic for a second, then an idle call for 3 s (pings only),
+        // then traffic again.
+        let mut region = 0;
+        let mut send_for = |c: &mut Client, d: Duration| {
+            let until = Instant::now() + d;
+            while Instant::now() < until {
+                region += 1;
+                let _ = c.send(msg(region, 1, 2));
+                c.flush();
+                std::thread::park_timeout(Duration::from_millis(20));
+            }
+        };
+        send_for(&mut c, Duration::from_secs(1));
+        wait_until(T, "messages fed", || node.ext.fed_count() > 0);
+        let idle_until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < idle_until {
+            std::thread::park_timeout(idle_until - Instant::now());
+        }
+        let fed = node.ext.fed_count();
+        send_for(&mut c, Duration::from_millis(500));
+        wait_until(T, "messages fed after the idle time", || {
+            node.ext.fed_count() > fed
+        });
+        let attempts = c.pool_view().connection_attempts.get(&2).copied();
+        assert_eq!(attempts, Some(1), "{:?}: the connection was ended", kind);
+        assert_balanced(&c);
+    }
+}

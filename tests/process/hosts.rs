@@ -284,3 +284,47 @@ fn drill_walks_the_powered_off_store_on_hosts() {
     assert!(steps.len() >= 8, "{}", f.stdout);
     assert!(steps.iter().all(|s| s["ok"] == true), "{}", f.stdout);
 }
+
+/// Scenario 2, "vanishes mid-stream": store C's host goes silent while the
+/// streams to it are up (its process still runs). Keepalive declares the
+/// stream dead (`grpc-keepalive-time`, `grpc-keepalive-timeout`: 1 s each
+/// in the lab; gRPC also applies the timeout as the socket's
+/// TCP_USER_TIMEOUT, and store A's log says `recvmsg:Connection timed
+/// out`), and store A connects again. There is no verdict while PD still
+/// says Up; once PD buries C, the verdict follows, and what was in flight
+/// is accounted. With both at 20 s the test fails.
+#[test]
+fn vanished_host_is_found_by_keepalive() {
+    let Some(hl) = lab_or_skip(4) else {
+        return;
+    };
+    let (lab, [a, _b, c]) = three_stores(&hl);
+    let att0 = attempts(&lab, a, c);
+    hl.blackhole(4).unwrap();
+    let cut = Instant::now();
+    // The stream is found dead by keepalive (no reset arrives from a
+    // silent host): a new connection attempt follows.
+    wait("a reconnecting to c", Duration::from_secs(8), || {
+        (attempts(&lab, a, c) > att0).then_some(())
+    });
+    let found = cut.elapsed();
+    assert!(!tombstoned(&lab, a, c) && !in_episode(&lab, a, c));
+    let (code, _) = lab
+        .pd_api("POST", &format!("/test-pd/api/v1/store/{}/bury", c))
+        .unwrap();
+    assert_eq!(code, 200);
+    wait("the tombstone verdict", Duration::from_secs(10), || {
+        tombstoned(&lab, a, c).then_some(())
+    });
+    wait("store a balanced", Duration::from_secs(10), || {
+        lab.raft_client(a)
+            .ok()
+            .filter(|v| v["balanced"] == true)
+            .map(|_| ())
+    });
+    assert!(
+        found < Duration::from_secs(8),
+        "found dead after {:?}",
+        found
+    );
+}

@@ -25,6 +25,8 @@ raft-client-not-found-log-interval = "10s"
 raft-client-connect-timeout = "1s"
 raft-client-call-confirm-window = "300ms"
 store-not-found-cache-ttl = "100ms"
+grpc-keepalive-time = "1s"
+grpc-keepalive-timeout = "1s"
 
 [pd]
 retry-interval = "100ms"
