@@ -15,9 +15,10 @@ use crate::lab::Lab;
 use crate::report::{Progress, Report};
 use crate::scenario::ms;
 
-/// Bound on the tombstone verdict after the burial: a connect timeout and
-/// a backoff (1 s each in the lab), with room for a loaded machine.
-pub const VERDICT_BOUND: Duration = Duration::from_secs(10);
+/// Bound on the tombstone verdict after the burial: one connect timeout
+/// and one backoff (1 s each in the lab), plus 3 s of room for a loaded
+/// machine.
+pub const VERDICT_BOUND: Duration = Duration::from_secs(5);
 /// Bound on a SIGTERM'd store's exit while a connect hangs: the stop wait
 /// (5 s) plus a connect timeout, with room.
 pub const STOP_BOUND: Duration = Duration::from_secs(8);
@@ -202,6 +203,16 @@ pub fn powered_off_walk(flavor: &str, progress: Progress) -> Result<Report, Stri
         &format!("GetStore calls since the power-off <= {}", 2 * bound),
         format!("{} in {}", calls, ms(since)),
         calls <= 2 * bound,
+    );
+    let warns = lab.warn_lines_about(a, c)?;
+    r.check(
+        &format!("store {}", a),
+        &format!(
+            "warn/error log lines about the removed store <= {}",
+            crate::scenario::WARN_BOUND
+        ),
+        format!("{}", warns),
+        warns <= crate::scenario::WARN_BOUND,
     );
     let balanced = progress.wait("store a balanced", WAIT, || {
         lab.raft_client(a).ok().filter(|v| v["balanced"] == true)
