@@ -513,16 +513,22 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
             (msg.get_region_id() % conn_num as u64) as usize
         };
         let key = (store_id, conn_id);
-        // A full queue refuses before the message is encoded: a sender
-        // that outruns its connection pays nothing for each refusal.
-        if self.cache.get(&key).is_some_and(|cq| cq.queue.is_full()) {
-            return Err(DiscardReason::Full);
-        }
-        // Encoded here, on the caller's thread, while the message is in its
-        // cache (see `raft_codec`).
-        let mut msg = EncodedMessage::encode(msg);
+        let mut raw = Some(msg);
+        let mut encoded: Option<EncodedMessage> = None;
         for _ in 0..2 {
             if let Some(cq) = self.cache.get_mut(&key) {
+                // A full queue refuses before the message is encoded: a
+                // sender that outruns its connection pays nothing for each
+                // refusal.
+                if cq.queue.is_full() {
+                    return Err(DiscardReason::Full);
+                }
+                // Encoded here, on the caller's thread, while the message is
+                // in its cache (see `raft_codec`); once: a message a closed
+                // queue handed back is pushed to the fresh one as it is.
+                let msg = encoded.take().unwrap_or_else(|| {
+                    EncodedMessage::encode(raw.take().expect("encoded at most once"))
+                });
                 match cq.queue.push(msg) {
                     Ok(()) => {
                         if !cq.dirty {
@@ -533,7 +539,7 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
                     }
                     Err((DiscardReason::Disconnected, m)) => {
                         self.cache.remove(&key);
-                        msg = m;
+                        encoded = Some(m);
                     }
                     Err((reason, _)) => return Err(reason),
                 }

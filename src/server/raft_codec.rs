@@ -221,31 +221,27 @@ fn too_large(size: usize) -> grpcio::Error {
     codec_error(&format!("message is too large: {} > {}", size, u32::MAX))
 }
 
-fn ser_batch(b: &EncodedBatch, buf: &mut GrpcSlice) -> grpcio::Result<()> {
-    let size = b.encoded_len();
+/// `size` bytes of `buf` to fill, after checking gRPC's message limit.
+fn writable(buf: &mut GrpcSlice, size: usize) -> grpcio::Result<&mut [u8]> {
     if size > u32::MAX as usize {
         return Err(too_large(size));
     }
-    // SAFETY: `realloc` hands out `size` uninitialised bytes; `write`
-    // fills all of them (it fails unless the stream ends exactly there).
-    let bytes = unsafe {
+    // SAFETY: `realloc` hands out `size` uninitialised bytes; every caller
+    // fills all of them before gRPC reads the slice (`EncodedBatch::write`
+    // fails unless it ends exactly there; `write_body` writes exactly the
+    // message's size).
+    Ok(unsafe {
         let raw = buf.realloc(size);
         &mut *(raw as *mut [std::mem::MaybeUninit<u8>] as *mut [u8])
-    };
-    b.write(bytes)
+    })
+}
+
+fn ser_batch(b: &EncodedBatch, buf: &mut GrpcSlice) -> grpcio::Result<()> {
+    b.write(writable(buf, b.encoded_len())?)
 }
 
 fn ser_message(m: &EncodedMessage, buf: &mut GrpcSlice) -> grpcio::Result<()> {
-    let size = m.len();
-    if size > u32::MAX as usize {
-        return Err(too_large(size));
-    }
-    // SAFETY: as in `ser_batch`; `write_body` fills all `size` bytes.
-    let raw = unsafe {
-        let raw = buf.realloc(size);
-        &mut *(raw as *mut [std::mem::MaybeUninit<u8>] as *mut [u8])
-    };
-    m.write_body(raw)
+    m.write_body(writable(buf, m.len())?)
 }
 
 // A client never decodes its own requests.

@@ -178,32 +178,22 @@ impl HostLab {
     /// entry for it, and its address leaves its namespace.
     pub fn blackhole(&self, i: usize) -> Result<(), String> {
         let h = self.host(i);
-        ip(&[
-            "neigh",
-            "replace",
-            &h.addr,
-            "lladdr",
-            &h.mac,
-            "dev",
-            BRIDGE,
-            "nud",
-            "permanent",
-        ])?;
+        let neigh = |dev| {
+            [
+                "neigh",
+                "replace",
+                &h.addr,
+                "lladdr",
+                &h.mac,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ]
+        };
+        ip(&neigh(BRIDGE))?;
         for o in self.hosts.iter().filter(|o| o.ns != h.ns) {
-            in_ns(
-                &o.ns,
-                &[
-                    "neigh",
-                    "replace",
-                    &h.addr,
-                    "lladdr",
-                    &h.mac,
-                    "dev",
-                    "eth0",
-                    "nud",
-                    "permanent",
-                ],
-            )?;
+            in_ns(&o.ns, &neigh("eth0"))?;
         }
         in_ns(
             &h.ns,

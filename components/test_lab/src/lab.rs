@@ -188,12 +188,7 @@ impl Lab {
     /// Starts a store inside `host` with data dir `name`; returns its id.
     pub fn start_store_in(&mut self, name: &str, host: &Host) -> Result<u64, String> {
         let cmd = self.store_command_in(name, host, &[])?;
-        let p = LabProcess::spawn(
-            &format!("tikv-server {}", name),
-            cmd,
-            &self.stderr_path(name),
-        )?;
-        self.adopt_store(name, p)
+        self.spawn_store(name, cmd)
     }
 
     fn store_command_for(
@@ -258,15 +253,20 @@ impl Lab {
         self.start_store_with(name, &[])
     }
 
-    /// As [`start_store`](Self::start_store), with `extra` arguments.
-    pub fn start_store_with(&mut self, name: &str, extra: &[&str]) -> Result<u64, String> {
-        let cmd = self.store_command(name, extra)?;
+    /// Spawns `cmd` (a store command) and adds the ready store to the lab.
+    fn spawn_store(&mut self, name: &str, cmd: Command) -> Result<u64, String> {
         let p = LabProcess::spawn(
             &format!("tikv-server {}", name),
             cmd,
             &self.stderr_path(name),
         )?;
         self.adopt_store(name, p)
+    }
+
+    /// As [`start_store`](Self::start_store), with `extra` arguments.
+    pub fn start_store_with(&mut self, name: &str, extra: &[&str]) -> Result<u64, String> {
+        let cmd = self.store_command(name, extra)?;
+        self.spawn_store(name, cmd)
     }
 
     /// Where store `name`'s stderr goes.
