@@ -295,6 +295,17 @@ pub struct NotFoundView {
     pub next_backoff_ms: u64,
 }
 
+/// One connection attempt, as operators see it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ConnectView {
+    /// Its number among the store's attempts (1 is the first).
+    pub attempt: u64,
+    /// How long it waited for the channel, in milliseconds.
+    pub waited_ms: u64,
+    /// Whether the channel connected within the connect timeout.
+    pub connected: bool,
+}
+
 /// The connection pool, as operators see it (the status server's JSON).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PoolView {
@@ -302,6 +313,10 @@ pub struct PoolView {
     pub connections: std::collections::BTreeMap<u64, usize>,
     /// Connection attempts (channel connects) per store since start.
     pub connection_attempts: std::collections::BTreeMap<u64, u64>,
+    /// The last attempts per store (at most [`RECENT_CONNECTS`], oldest
+    /// first): an attempt that did not connect waited
+    /// `raft-client-connect-timeout`, never longer.
+    pub recent_connects: std::collections::BTreeMap<u64, Vec<ConnectView>>,
     /// Stores found tombstone: never connected to again.
     pub tombstones: Vec<u64>,
     /// Stores PD does not know right now.
@@ -343,7 +358,13 @@ struct ConnectionPool {
     /// Connection attempts (channel connects) per store, for operators and
     /// tests: none may follow a tombstone verdict.
     connects: HashMap<u64, u64>,
+    /// The last [`RECENT_CONNECTS`] attempts per store, numbered as counted
+    /// in `connects`: how long each waited and whether it connected.
+    recent_connects: HashMap<u64, std::collections::VecDeque<ConnectView>>,
 }
+
+/// Connection attempts kept per store in [`PoolView::recent_connects`].
+pub const RECENT_CONNECTS: usize = 32;
 
 struct Shared<R, E> {
     cfg: Config,
@@ -665,6 +686,11 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
             *v.connections.entry(*store_id).or_default() += 1;
         }
         v.connection_attempts = pool.connects.iter().map(|(k, n)| (*k, *n)).collect();
+        v.recent_connects = pool
+            .recent_connects
+            .iter()
+            .map(|(k, r)| (*k, r.iter().cloned().collect()))
+            .collect();
         v.tombstones = pool.tombstone_stores.iter().copied().collect();
         v.tombstones.sort_unstable();
         v.not_found = pool
@@ -733,6 +759,20 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
 pub const STOP_WAIT: Duration = Duration::from_secs(5);
 
 impl<R: StoreAddrResolver + Sync, E: RaftExtension> Shared<R, E> {
+    /// Keeps the outcome of connection attempt `attempt` to `store_id`.
+    fn record_connect(&self, store_id: u64, attempt: u64, waited: Duration, connected: bool) {
+        let mut pool = self.pool.lock().unwrap();
+        let recent = pool.recent_connects.entry(store_id).or_default();
+        if recent.len() == RECENT_CONNECTS {
+            recent.pop_front();
+        }
+        recent.push_back(ConnectView {
+            attempt,
+            waited_ms: waited.as_millis() as u64,
+            connected,
+        });
+    }
+
     /// Reports messages (by region and target peer) unreachable.
     fn report_targets(&self, store_id: u64, targets: &[(u64, u64)], reason: &str) {
         if targets.is_empty() {
@@ -1050,13 +1090,12 @@ async fn connection_loop<R: StoreAddrResolver + Sync, E: RaftExtension>(
         RAFT_CLIENT_CONNECTION_COUNTER
             .with_label_values(&["connect"])
             .inc();
-        *shared
-            .pool
-            .lock()
-            .unwrap()
-            .connects
-            .entry(store_id)
-            .or_default() += 1;
+        let attempt = {
+            let mut pool = shared.pool.lock().unwrap();
+            let n = pool.connects.entry(store_id).or_default();
+            *n += 1;
+            *n
+        };
         let cb = ChannelBuilder::new(shared.env.clone())
             .keepalive_time(cfg.grpc_keepalive_time.0)
             .keepalive_timeout(cfg.grpc_keepalive_timeout.0)
@@ -1071,9 +1110,11 @@ async fn connection_loop<R: StoreAddrResolver + Sync, E: RaftExtension>(
                 conn_id as i32,
             );
         let ch = shared.security.connect(cb, &addr);
+        let waiting = Instant::now();
         let connected = ch
             .wait_for_connected(cfg.raft_client_connect_timeout.0)
             .await;
+        shared.record_connect(store_id, attempt, waiting.elapsed(), connected);
         let out = if connected {
             RAFT_CLIENT_CONNECTION_COUNTER
                 .with_label_values(&["connected"])

@@ -407,6 +407,26 @@ fn status_server_paths() {
     assert_eq!(req("POST", "/metrics").0, 405);
     assert_eq!(req("PUT", "/debug/synthetic/peer_store/0").0, 400);
     assert_eq!(req("PUT", "/debug/synthetic/peer_store/x").0, 400);
+    // What the store resolves a store to: its own address from PD, PD's
+    // not-found for a store PD never heard of, and bad ids refused.
+    let me = lab.resolve(id, id).unwrap();
+    assert_eq!(
+        me["address"].as_str(),
+        Some(lab.store(id).unwrap().addr.as_str()),
+        "{}",
+        me
+    );
+    let unknown = lab.resolve(id, 4242).unwrap();
+    assert_eq!(
+        unknown["not_found"].as_str(),
+        Some("store 4242 not found"),
+        "{}",
+        unknown
+    );
+    assert_eq!(req("GET", "/debug/resolve/0").0, 400);
+    assert_eq!(req("GET", "/debug/resolve/-3").0, 400);
+    assert_eq!(req("GET", "/debug/resolve/").0, 400);
+    assert_eq!(req("POST", "/debug/resolve/1").0, 404);
     // Built without the failpoints feature: the endpoints say so.
     let (code, body) = req("GET", "/fail");
     assert_eq!(code, 404);

@@ -177,8 +177,9 @@ fn partitioned_host_heals_without_a_verdict() {
 
 /// Scenario 4, "PD unreachable by silence": PD's host is blackholed for
 /// 5 s. Traffic between the stores goes on (cached addresses), no verdict
-/// anywhere; once PD is back the stores' heartbeats reach it again, and
-/// PD client reconnects stay within one per `reconnect-interval` (1 s).
+/// anywhere, a resolution hanging on PD delays no other store's; once PD
+/// is back the stores' heartbeats reach it again, and PD client reconnects
+/// stay within one per `reconnect-interval` (1 s).
 #[test]
 fn silent_pd_stops_nothing() {
     let Some(hl) = lab_or_skip(4) else {
@@ -205,6 +206,42 @@ fn silent_pd_stops_nothing() {
     assert!(
         received_from(&lab, b, a) > before,
         "traffic stopped while PD was silent"
+    );
+    // Resolution of one store never waits behind another: store a asks
+    // the silent PD about a store it has never heard of (the call hangs),
+    // and meanwhile still answers for store b from its cache at once.
+    const UNKNOWN: u64 = 999;
+    let calls = "tikv_server_resolve_pd_get_store_total";
+    let asked0 = lab.metric(a, calls).unwrap();
+    let url = lab
+        .status_url(a, &format!("/debug/resolve/{}", UNKNOWN))
+        .unwrap();
+    let hanging = std::thread::spawn(move || test_lab::http::get_json(&url));
+    wait(
+        "store a asking the silent PD about the unknown store",
+        Duration::from_secs(5),
+        || (lab.metric(a, calls).unwrap() > asked0).then_some(()),
+    );
+    let asked = Instant::now();
+    let got = lab
+        .resolve(a, b)
+        .unwrap_or_else(|e| panic!("store b's resolution waited behind the hanging one: {}", e));
+    let took = asked.elapsed();
+    assert!(
+        !hanging.is_finished(),
+        "the unknown store's resolution ended before PD answered: {:?}",
+        hanging.join()
+    );
+    assert_eq!(
+        got["address"].as_str(),
+        Some(lab.store(b).unwrap().addr.as_str()),
+        "{}",
+        got
+    );
+    assert!(
+        took < Duration::from_millis(500),
+        "store b's resolution took {:?} behind the hanging one",
+        took
     );
     // The counters live at test-pd, on the silent host: read them once it
     // is back.

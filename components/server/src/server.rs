@@ -12,7 +12,7 @@ use grpcio::Environment;
 use pd_client::{PdClient, RpcClient};
 use security::SecurityManager;
 use slog::{info, Logger};
-use tikv::server::resolve::{self, PdStoreAddrResolver, ResolverConfig};
+use tikv::server::resolve::{self, PdStoreAddrResolver, ResolverConfig, StoreAddrResolver};
 use tikv::server::{ConnectionBuilder, RaftClient, Server, Service};
 use tikv_util::worker::Worker;
 
@@ -65,6 +65,7 @@ struct Source {
     client: Client,
     traffic: Arc<Mutex<Traffic>>,
     heartbeats: Arc<HeartbeatState>,
+    resolver: PdStoreAddrResolver,
 }
 
 impl StatusSource for Source {
@@ -101,6 +102,35 @@ impl StatusSource for Source {
 
     fn add_peer_store(&self, store_id: u64) -> usize {
         self.traffic.lock().unwrap().add_peer_store(store_id)
+    }
+
+    fn resolve(&self, store_id: u64, cb: Box<dyn FnOnce(serde_json::Value) + Send>) {
+        let start = std::time::Instant::now();
+        let answer = move |r: resolve::Result<String>| {
+            let ms = start.elapsed().as_millis() as u64;
+            let (kind, what) = match r {
+                Ok(addr) => ("address", addr),
+                Err(e @ resolve::Error::StoreNotFound(_)) => ("not_found", e.to_string()),
+                Err(e @ resolve::Error::StoreTombstone(_)) => ("tombstone", e.to_string()),
+                Err(e) => ("error", e.to_string()),
+            };
+            serde_json::json!({ "store_id": store_id, kind: what, "elapsed_ms": ms })
+        };
+        let cb = std::sync::Mutex::new(Some(cb));
+        let reply = std::sync::Arc::new(cb);
+        let again = reply.clone();
+        let done = move |r| {
+            if let Some(cb) = again.lock().unwrap().take() {
+                cb(answer(r));
+            }
+        };
+        if let Err(e) = self.resolver.resolve(store_id, Box::new(done)) {
+            if let Some(cb) = reply.lock().unwrap().take() {
+                cb(
+                    serde_json::json!({ "store_id": store_id, "error": e.to_string(), "elapsed_ms": 0 }),
+                );
+            }
+        }
     }
 }
 
@@ -178,9 +208,14 @@ impl TikvServer {
             resolve::new_resolver_with(pd.clone(), &worker, router.clone(), rcfg, logger.clone());
         let client = RaftClient::new(
             store_id,
-            ConnectionBuilder::new(env.clone(), cfg.server.clone(), resolver, router.clone())
-                .security(security.clone())
-                .logger(logger.clone()),
+            ConnectionBuilder::new(
+                env.clone(),
+                cfg.server.clone(),
+                resolver.clone(),
+                router.clone(),
+            )
+            .security(security.clone())
+            .logger(logger.clone()),
         );
         let alive = Mutex::new(client.clone());
         let svc = Service::new(store_id, router.clone())
@@ -234,6 +269,7 @@ impl TikvServer {
             client: client.clone(),
             traffic: traffic.clone(),
             heartbeats: heartbeats.clone(),
+            resolver,
         });
         let status = if cfg.server.status_addr.is_empty() {
             None

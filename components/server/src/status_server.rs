@@ -1,6 +1,7 @@
 //! The status server (upstream: `src/server/status_server/mod.rs`, also on
 //! hyper): `/metrics`, `/status`, a JSON view of the raft client for
-//! operators and tests, and, with the `failpoints` feature, TiKV's
+//! operators and tests, `/debug/resolve/<id>` (what this store resolves a
+//! store to, and how long that took), and, with the `failpoints` feature, TiKV's
 //! failpoint endpoints (`PUT`/`DELETE /fail/<name>`, `GET /fail`).
 //!
 //! With certificates in `[security]` it serves HTTPS only, as upstream's
@@ -38,7 +39,13 @@ pub trait StatusSource: Send + Sync + 'static {
     /// `PUT /debug/synthetic/peer_store/<id>`: adds a peer on that store to
     /// every region this store is in; returns the regions changed.
     fn add_peer_store(&self, store_id: u64) -> usize;
+    /// `GET /debug/resolve/<id>`: resolves the store as the raft client
+    /// would; `cb` gets the answer (address or verdict) and how long it took.
+    fn resolve(&self, store_id: u64, cb: Box<dyn FnOnce(serde_json::Value) + Send>);
 }
+
+/// Longest a `GET /debug/resolve/<id>` waits for the resolver's answer.
+const RESOLVE_WAIT: Duration = Duration::from_secs(30);
 
 /// A running status server; dropping it stops it.
 pub struct StatusServer {
@@ -100,6 +107,35 @@ async fn route(
                 Ok(id) if id > 0 => {
                     let n = src.add_peer_store(id);
                     json(&serde_json::json!({ "store_id": id, "regions_changed": n }))
+                }
+                _ => text(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid store id {:?}: want a positive integer", id),
+                ),
+            }
+        }
+        (&Method::GET, p) if p.starts_with("/debug/resolve/") => {
+            let id = &p["/debug/resolve/".len()..];
+            match id.parse::<u64>() {
+                Ok(id) if id > 0 => {
+                    let (tx, rx) = oneshot::channel();
+                    src.resolve(
+                        id,
+                        Box::new(move |v| {
+                            let _ = tx.send(v);
+                        }),
+                    );
+                    match tokio::time::timeout(RESOLVE_WAIT, rx).await {
+                        Ok(Ok(v)) => json(&v),
+                        Ok(Err(_)) => text(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "the resolver dropped the request",
+                        ),
+                        Err(_) => text(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            format!("no answer for store {} within {:?}", id, RESOLVE_WAIT),
+                        ),
+                    }
                 }
                 _ => text(
                     StatusCode::BAD_REQUEST,

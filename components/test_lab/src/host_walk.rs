@@ -197,6 +197,27 @@ pub fn powered_off_walk(flavor: &str, progress: Progress) -> Result<Report, Stri
         format!("{} in {}", made, ms(since)),
         made <= bound,
     );
+    // And each attempt on its own: it waited the connect timeout, no less
+    // (the host is silent, not refusing) and no longer (nothing hangs past
+    // it). The lab's `raft-client-connect-timeout` is 1 s.
+    let waits: Vec<(u64, bool)> = lab.raft_client(a)?["pool"]["recent_connects"][c.to_string()]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter(|e| u(&e["attempt"]) > att_a)
+                .map(|e| (u(&e["waited_ms"]), e["connected"].as_bool().unwrap_or(true)))
+                .collect()
+        })
+        .unwrap_or_default();
+    r.check(
+        "connect timeout",
+        "every attempt to the silent host ends unconnected after 1 s (900-1500 ms)",
+        format!("{:?}", waits.iter().map(|w| w.0).collect::<Vec<_>>()),
+        !waits.is_empty()
+            && waits
+                .iter()
+                .all(|&(ms, conn)| !conn && (900..=1500).contains(&ms)),
+    );
     let calls = lab.get_store_calls(c)? - calls0;
     r.check(
         "PD load",

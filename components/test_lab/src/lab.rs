@@ -343,6 +343,20 @@ impl Lab {
             .get_json(&self.status_url(id, "/debug/raft_client")?)
     }
 
+    /// What store `id` resolves `store` to (`/debug/resolve/<store>`).
+    pub fn resolve(&self, id: u64, store: u64) -> Result<Value, String> {
+        self.http
+            .get_json(&self.status_url(id, &format!("/debug/resolve/{}", store))?)
+    }
+
+    /// A counter or gauge without labels from store `id`'s `/metrics`.
+    pub fn metric(&self, id: u64, name: &str) -> Result<f64, String> {
+        let text = self.metrics(id)?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .ok_or_else(|| format!("no {} in store {}'s metrics", name, id))
+    }
+
     /// Store `id`'s `/status`.
     pub fn status(&self, id: u64) -> Result<Value, String> {
         self.http.get_json(&self.status_url(id, "/status")?)
