@@ -161,6 +161,8 @@ pub struct Traffic {
     stop: Arc<AtomicBool>,
     wake: Sender<RaftMessage>,
     handle: Option<JoinHandle<()>>,
+    /// Dropped at stop: ends the store-list thread.
+    refresher: Option<Sender<()>>,
 }
 
 /// The router the raft service and raft client report to, and the inbox
@@ -186,6 +188,7 @@ impl Traffic {
             stop: Arc::default(),
             wake: router.answers.clone(),
             handle: None,
+            refresher: None,
         }
     }
 
@@ -211,19 +214,24 @@ impl Traffic {
             self.regions.clone(),
             self.stop.clone(),
         );
-        let handle = std::thread::Builder::new()
-            .name("synthetic-traffic".to_owned())
-            .spawn(move || {
-                let tick = cfg.raft_base_tick_interval.0;
-                let hb_every = cfg.raft_heartbeat_ticks as u64;
-                let mut ticks = 0u64;
-                let mut next_tick = Instant::now();
-                let mut next_refresh = Instant::now();
-                let mut known: Vec<u64> = vec![];
-                while !sp.load(Ordering::SeqCst) {
-                    let now = Instant::now();
-                    if now >= next_refresh {
-                        next_refresh = now + cfg.synthetic_store_refresh_interval.0;
+        // The store list comes from PD on a thread of its own: raftstore
+        // keeps ticking whatever PD does, so a silent PD must not stall the
+        // traffic (scenario 4 of the host lab). Not joined at stop: it may
+        // be inside a PD call; dropping `wake` ends it after that call.
+        let (wake, woken) = channel::bounded::<()>(0);
+        self.refresher = Some(wake);
+        {
+            let (cfg, rg, sp, logger) = (
+                cfg.clone(),
+                self.regions.clone(),
+                self.stop.clone(),
+                logger.clone(),
+            );
+            std::thread::Builder::new()
+                .name("synthetic-stores".to_owned())
+                .spawn(move || {
+                    let mut known: Vec<u64> = vec![];
+                    while !sp.load(Ordering::SeqCst) {
                         match pd.get_all_stores(true) {
                             Ok(stores) => {
                                 let mut ids: Vec<u64> = stores
@@ -247,7 +255,23 @@ impl Traffic {
                             }
                             Err(e) => warn!(logger, "cannot list stores from PD"; "err" => %e),
                         }
+                        match woken.recv_timeout(cfg.synthetic_store_refresh_interval.0) {
+                            Err(channel::RecvTimeoutError::Timeout) => {}
+                            _ => return,
+                        }
                     }
+                })
+                .expect("spawn synthetic stores thread");
+        }
+        let handle = std::thread::Builder::new()
+            .name("synthetic-traffic".to_owned())
+            .spawn(move || {
+                let tick = cfg.raft_base_tick_interval.0;
+                let hb_every = cfg.raft_heartbeat_ticks as u64;
+                let mut ticks = 0u64;
+                let mut next_tick = Instant::now();
+                while !sp.load(Ordering::SeqCst) {
+                    let now = Instant::now();
                     if now >= next_tick {
                         next_tick = now + tick;
                         ticks += 1;
@@ -272,9 +296,7 @@ impl Traffic {
                             client.flush();
                         }
                     }
-                    let wait = next_tick
-                        .min(next_refresh)
-                        .saturating_duration_since(Instant::now());
+                    let wait = next_tick.saturating_duration_since(Instant::now());
                     match inbox.recv_timeout(wait) {
                         Ok(m) => {
                             let mut pending = vec![m];
@@ -336,6 +358,7 @@ impl Traffic {
     /// Stops the driver and waits for it.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        self.refresher = None;
         let _ = self.wake.send(RaftMessage::default());
         if let Some(h) = self.handle.take() {
             let _ = h.join();
@@ -352,6 +375,92 @@ impl Drop for Traffic {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kvproto::metapb;
+    use tikv::server::resolve::MockStoreAddrResolver;
+    use tikv::server::ConnectionBuilder;
+
+    /// PD whose first store listing answers and every later one hangs until
+    /// released: a PD host that went silent.
+    struct SilentAfterFirst {
+        calls: AtomicU64,
+        entered: Sender<()>,
+        release: Receiver<()>,
+    }
+
+    impl PdClient for SilentAfterFirst {
+        fn get_all_stores(&self, _: bool) -> pd_client::Result<Vec<metapb::Store>> {
+            if self.calls.fetch_add(1, Ordering::SeqCst) > 0 {
+                let _ = self.entered.send(());
+                let _ = self.release.recv_timeout(Duration::from_secs(20));
+            }
+            Ok([1, 2]
+                .iter()
+                .map(|&id| {
+                    let mut s = metapb::Store::default();
+                    s.set_id(id);
+                    s.set_address(format!("127.0.0.1:{}", id));
+                    s
+                })
+                .collect())
+        }
+    }
+
+    #[test]
+    fn traffic_goes_on_while_pd_hangs() {
+        let (entered_tx, entered) = channel::unbounded();
+        let (release, release_rx) = channel::unbounded();
+        let pd = Arc::new(SilentAfterFirst {
+            calls: AtomicU64::new(0),
+            entered: entered_tx,
+            release: release_rx,
+        });
+        let (router, inbox) = router();
+        let env = Arc::new(grpcio::EnvBuilder::new().cq_count(1).build());
+        let resolver = MockStoreAddrResolver::new(|id| {
+            Err(tikv::server::resolve::Error::Other(
+                format!("no store {}", id).into(),
+            ))
+        });
+        let client = RaftClient::new(
+            1,
+            ConnectionBuilder::new(
+                env,
+                tikv::server::Config::default(),
+                resolver,
+                router.clone(),
+            ),
+        );
+        let cfg = RaftstoreConfig {
+            raft_base_tick_interval: tikv_util::config::ReadableDuration::millis(10),
+            raft_heartbeat_ticks: 1,
+            synthetic_store_refresh_interval: tikv_util::config::ReadableDuration::millis(10),
+            ..RaftstoreConfig::default()
+        };
+        let mut t = Traffic::new(1, &router);
+        t.spawn(
+            &cfg,
+            pd,
+            client,
+            inbox,
+            slog::Logger::root(slog::Discard, slog::o!()),
+        );
+        entered
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a second store listing");
+        let hung = t.stats.heartbeats_sent.load(Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while t.stats.heartbeats_sent.load(Ordering::SeqCst) <= hung + 10 {
+            assert!(
+                Instant::now() < deadline,
+                "no heartbeats while PD hangs: {} sent before, {} now",
+                hung,
+                t.stats.heartbeats_sent.load(Ordering::SeqCst)
+            );
+            std::thread::park_timeout(Duration::from_millis(10));
+        }
+        drop(release);
+        t.stop();
+    }
 
     #[test]
     fn placement_rotates_and_keeps_stale_peers() {
