@@ -377,8 +377,13 @@ impl server::status_server::StatusSource for Shown {
     fn add_peer_store(&self, _: u64) -> usize {
         0
     }
-    fn resolve(&self, store_id: u64, cb: Box<dyn FnOnce(serde_json::Value) + Send>) {
-        cb(serde_json::json!({ "store_id": store_id, "address": "127.0.0.1:1" }))
+    fn resolve(
+        &self,
+        store_id: u64,
+        cb: Box<dyn FnOnce(serde_json::Value) + Send>,
+    ) -> Result<(), String> {
+        cb(serde_json::json!({ "store_id": store_id, "address": "127.0.0.1:1" }));
+        Ok(())
     }
 }
 

@@ -104,7 +104,11 @@ impl StatusSource for Source {
         self.traffic.lock().unwrap().add_peer_store(store_id)
     }
 
-    fn resolve(&self, store_id: u64, cb: Box<dyn FnOnce(serde_json::Value) + Send>) {
+    fn resolve(
+        &self,
+        store_id: u64,
+        cb: Box<dyn FnOnce(serde_json::Value) + Send>,
+    ) -> Result<(), String> {
         let start = std::time::Instant::now();
         let answer = move |r: resolve::Result<String>| {
             let ms = start.elapsed().as_millis() as u64;
@@ -116,21 +120,9 @@ impl StatusSource for Source {
             };
             serde_json::json!({ "store_id": store_id, kind: what, "elapsed_ms": ms })
         };
-        let cb = std::sync::Mutex::new(Some(cb));
-        let reply = std::sync::Arc::new(cb);
-        let again = reply.clone();
-        let done = move |r| {
-            if let Some(cb) = again.lock().unwrap().take() {
-                cb(answer(r));
-            }
-        };
-        if let Err(e) = self.resolver.resolve(store_id, Box::new(done)) {
-            if let Some(cb) = reply.lock().unwrap().take() {
-                cb(
-                    serde_json::json!({ "store_id": store_id, "error": e.to_string(), "elapsed_ms": 0 }),
-                );
-            }
-        }
+        self.resolver
+            .resolve(store_id, Box::new(move |r| cb(answer(r))))
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -41,7 +41,13 @@ pub trait StatusSource: Send + Sync + 'static {
     fn add_peer_store(&self, store_id: u64) -> usize;
     /// `GET /debug/resolve/<id>`: resolves the store as the raft client
     /// would; `cb` gets the answer (address or verdict) and how long it took.
-    fn resolve(&self, store_id: u64, cb: Box<dyn FnOnce(serde_json::Value) + Send>);
+    /// An error means the resolver did not take the request (`cb` is never
+    /// called).
+    fn resolve(
+        &self,
+        store_id: u64,
+        cb: Box<dyn FnOnce(serde_json::Value) + Send>,
+    ) -> Result<(), String>;
 }
 
 /// Longest a `GET /debug/resolve/<id>` waits for the resolver's answer.
@@ -119,12 +125,17 @@ async fn route(
             match id.parse::<u64>() {
                 Ok(id) if id > 0 => {
                     let (tx, rx) = oneshot::channel();
-                    src.resolve(
+                    let taken = src.resolve(
                         id,
                         Box::new(move |v| {
                             let _ = tx.send(v);
                         }),
                     );
+                    if let Err(e) = taken {
+                        return json(
+                            &serde_json::json!({ "store_id": id, "error": e, "elapsed_ms": 0 }),
+                        );
+                    }
                     match tokio::time::timeout(RESOLVE_WAIT, rx).await {
                         Ok(Ok(v)) => json(&v),
                         Ok(Err(_)) => text(

@@ -217,21 +217,16 @@ impl Traffic {
         // The store list comes from PD on a thread of its own: raftstore
         // keeps ticking whatever PD does, so a silent PD must not stall the
         // traffic (scenario 4 of the host lab). Not joined at stop: it may
-        // be inside a PD call; dropping `wake` ends it after that call.
-        let (wake, woken) = channel::bounded::<()>(0);
-        self.refresher = Some(wake);
+        // be inside a PD call; dropping `refresher` ends it after that call.
+        let (refresher, stopped) = channel::bounded::<()>(0);
+        self.refresher = Some(refresher);
         {
-            let (cfg, rg, sp, logger) = (
-                cfg.clone(),
-                self.regions.clone(),
-                self.stop.clone(),
-                logger.clone(),
-            );
+            let (cfg, rg, logger) = (cfg.clone(), self.regions.clone(), logger.clone());
             std::thread::Builder::new()
                 .name("synthetic-stores".to_owned())
                 .spawn(move || {
                     let mut known: Vec<u64> = vec![];
-                    while !sp.load(Ordering::SeqCst) {
+                    loop {
                         match pd.get_all_stores(true) {
                             Ok(stores) => {
                                 let mut ids: Vec<u64> = stores
@@ -255,7 +250,7 @@ impl Traffic {
                             }
                             Err(e) => warn!(logger, "cannot list stores from PD"; "err" => %e),
                         }
-                        match woken.recv_timeout(cfg.synthetic_store_refresh_interval.0) {
+                        match stopped.recv_timeout(cfg.synthetic_store_refresh_interval.0) {
                             Err(channel::RecvTimeoutError::Timeout) => {}
                             _ => return,
                         }
