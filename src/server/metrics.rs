@@ -31,18 +31,21 @@ lazy_static! {
         &["reason"]
     )
     .unwrap();
-    /// Messages reported unreachable, by reason and store.
+    /// Messages reported unreachable, by reason and store. The reason's
+    /// label is `type`, as upstream's (tikv/tikv `src/server/metrics.rs`),
+    /// so upstream's alert on `{type="unreachable"}` works unchanged.
     pub static ref REPORT_FAILURE_MSG_COUNTER: IntCounterVec = register_int_counter_vec!(
         "tikv_server_report_failure_msg_total",
         "Total number of reporting failure messages",
-        &["reason", "store_id"]
+        &["type", "store_id"]
     )
     .unwrap();
-    /// Connection attempts and their outcome: connect, connected, failed.
+    /// Connection events per store: connect, connected, failed,
+    /// store_not_match, fallback, cancelled_retry.
     pub static ref RAFT_CLIENT_CONNECTION_COUNTER: IntCounterVec = register_int_counter_vec!(
         "tikv_server_raft_client_connection_total",
         "Total number of raft client connection events",
-        &["type"]
+        &["type", "store_id"]
     )
     .unwrap();
     /// Live connection tasks of all raft clients.
@@ -51,11 +54,30 @@ lazy_static! {
         "Number of raft client connection tasks"
     )
     .unwrap();
-    /// Resolve attempts made by the raft client, by verdict.
+    /// Resolve attempts made by the raft client, by verdict and store:
+    /// success, failed, not_found, tombstone (once per store: the verdict).
     pub static ref RAFT_CLIENT_RESOLVE_COUNTER: IntCounterVec = register_int_counter_vec!(
         "tikv_server_raft_client_resolve_total",
         "Total number of raft client resolve attempts by verdict",
-        &["verdict"]
+        &["verdict", "store_id"]
+    )
+    .unwrap();
+    /// Per store in a not-found episode: when the episode began (Unix
+    /// seconds). The series exists only while the episode lasts, so an
+    /// alert on it resolves when the store is found or found tombstone.
+    pub static ref RAFT_CLIENT_NOT_FOUND_SINCE: IntGaugeVec = register_int_gauge_vec!(
+        "tikv_server_raft_client_not_found_since_seconds",
+        "Start of the store's not-found episode, in seconds since the Unix epoch",
+        &["store_id"]
+    )
+    .unwrap();
+    /// Per tombstoned or not-found store: regions whose messages to it were
+    /// refused or reported (the stale peers an operator should remove),
+    /// as many as the raft client keeps (see `STALE_REGIONS_PER_STORE`).
+    pub static ref RAFT_CLIENT_STALE_REGIONS: IntGaugeVec = register_int_gauge_vec!(
+        "tikv_server_raft_client_stale_regions",
+        "Regions still sending raft messages to a tombstoned or not-found store",
+        &["store_id"]
     )
     .unwrap();
     /// Stores in the raft client's tombstone set.
@@ -109,6 +131,8 @@ pub fn init() {
     lazy_static::initialize(&RAFT_CLIENT_RESOLVE_COUNTER);
     lazy_static::initialize(&RAFT_CLIENT_TOMBSTONE_STORES);
     lazy_static::initialize(&RAFT_CLIENT_NOT_FOUND_STORES);
+    lazy_static::initialize(&RAFT_CLIENT_NOT_FOUND_SINCE);
+    lazy_static::initialize(&RAFT_CLIENT_STALE_REGIONS);
     lazy_static::initialize(&RAFT_SERVICE_RECV_COUNTER);
     lazy_static::initialize(&MESSAGE_RECV_BY_STORE);
     lazy_static::initialize(&RAFT_MESSAGE_DURATION_VEC);

@@ -24,6 +24,16 @@
 //!   received from the store ends the wait at once.
 //! - anything else: retried at `raft-client-max-backoff`.
 //!
+//! Stale peers: the loop exists because regions keep peers on a store PD
+//! removed. For each tombstoned or not-found store the client keeps the
+//! regions whose messages to it were refused or reported (at most
+//! [`STALE_REGIONS_PER_STORE`], the least recently seen evicted first),
+//! shows them in [`PoolView::stale_regions`], counts them in
+//! `tikv_server_raft_client_stale_regions{store_id}` and names them in the
+//! tombstone verdict's one log line, so an operator knows which peers to remove
+//! (`pd-ctl operator add remove-peer REGION STORE`). A store found again
+//! forgets its list.
+//!
 //! How a call ends (peers behave as upstream's raft service, tikv/tikv
 //! `src/server/service/kv.rs`: a call never answers `Done`):
 //! - UNIMPLEMENTED on `BatchRaft`: the peer predates it; fall back to `Raft`
@@ -306,6 +316,26 @@ pub struct ConnectView {
     pub connected: bool,
 }
 
+/// A region still sending to a tombstoned or not-found store.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct StaleRegionView {
+    /// The region whose peer on the store is stale.
+    pub region_id: u64,
+    /// Its messages to the store refused or reported so far.
+    pub messages: u64,
+    /// Milliseconds since the last of them.
+    pub last_seen_ms_ago: u64,
+}
+
+/// The regions kept for one tombstoned or not-found store.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StaleStoreView {
+    /// Regions, most messages first (at most [`STALE_REGIONS_PER_STORE`]).
+    pub regions: Vec<StaleRegionView>,
+    /// Regions dropped to keep the bound (the least recently seen).
+    pub evicted: u64,
+}
+
 /// The connection pool, as operators see it (the status server's JSON).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PoolView {
@@ -321,6 +351,8 @@ pub struct PoolView {
     pub tombstones: Vec<u64>,
     /// Stores PD does not know right now.
     pub not_found: Vec<NotFoundView>,
+    /// Per tombstoned or not-found store: the regions still sending to it.
+    pub stale_regions: std::collections::BTreeMap<u64, StaleStoreView>,
 }
 
 impl StatsSnapshot {
@@ -363,8 +395,117 @@ struct ConnectionPool {
     recent_connects: HashMap<u64, std::collections::VecDeque<ConnectView>>,
 }
 
+fn unix_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Connection event types of `tikv_server_raft_client_connection_total`.
+const CONNECTION_EVENTS: [&str; 6] = [
+    "connect",
+    "connected",
+    "failed",
+    "store_not_match",
+    "fallback",
+    "cancelled_retry",
+];
+/// Verdicts of `tikv_server_raft_client_resolve_total`.
+const RESOLVE_VERDICTS: [&str; 4] = ["success", "failed", "not_found", "tombstone"];
+/// Reasons (`type`) of `tikv_server_report_failure_msg_total` this client
+/// reports.
+pub const REPORT_REASONS: [&str; 8] = [
+    "tombstone",
+    "unreachable",
+    "stopped",
+    "send",
+    "not_found",
+    "resolve",
+    "oversize",
+    "store_not_match",
+];
+
+/// Creates a store's per-store counter series at 0 when its connection
+/// task starts: Prometheus's `increase` cannot see a series' first event
+/// when the series is born holding it, so an alert on the first
+/// store-not-match or the tombstone verdict would miss it.
+fn touch_store_series(store_id: u64) {
+    let s = store_id.to_string();
+    for t in CONNECTION_EVENTS {
+        RAFT_CLIENT_CONNECTION_COUNTER.with_label_values(&[t, &s]);
+    }
+    for v in RESOLVE_VERDICTS {
+        RAFT_CLIENT_RESOLVE_COUNTER.with_label_values(&[v, &s]);
+    }
+    for r in REPORT_REASONS {
+        REPORT_FAILURE_MSG_COUNTER.with_label_values(&[r, &s]);
+    }
+}
+
+fn conn_event(store_id: u64, t: &str) {
+    RAFT_CLIENT_CONNECTION_COUNTER
+        .with_label_values(&[t, &store_id.to_string()])
+        .inc();
+}
+
+fn resolve_verdict(store_id: u64, verdict: &str) {
+    RAFT_CLIENT_RESOLVE_COUNTER
+        .with_label_values(&[verdict, &store_id.to_string()])
+        .inc();
+}
+
 /// Connection attempts kept per store in [`PoolView::recent_connects`].
 pub const RECENT_CONNECTS: usize = 32;
+
+/// Regions kept per store in [`PoolView::stale_regions`].
+pub const STALE_REGIONS_PER_STORE: usize = 64;
+
+/// The regions seen sending to one tombstoned or not-found store.
+#[derive(Default)]
+struct StaleRegions {
+    /// Region id to (messages, last seen).
+    regions: HashMap<u64, (u64, Instant)>,
+    evicted: u64,
+}
+
+impl StaleRegions {
+    fn note(&mut self, region_id: u64, n: u64, now: Instant) {
+        if let Some(e) = self.regions.get_mut(&region_id) {
+            e.0 += n;
+            e.1 = now;
+            return;
+        }
+        if self.regions.len() == STALE_REGIONS_PER_STORE {
+            let oldest = self
+                .regions
+                .iter()
+                .min_by_key(|(_, (_, seen))| *seen)
+                .map(|(id, _)| *id);
+            if let Some(id) = oldest {
+                self.regions.remove(&id);
+                self.evicted += 1;
+            }
+        }
+        self.regions.insert(region_id, (n, now));
+    }
+
+    fn view(&self, now: Instant) -> StaleStoreView {
+        let mut regions: Vec<_> = self
+            .regions
+            .iter()
+            .map(|(id, (n, seen))| StaleRegionView {
+                region_id: *id,
+                messages: *n,
+                last_seen_ms_ago: now.saturating_duration_since(*seen).as_millis() as u64,
+            })
+            .collect();
+        regions.sort_by_key(|r| (std::cmp::Reverse(r.messages), r.region_id));
+        StaleStoreView {
+            regions,
+            evicted: self.evicted,
+        }
+    }
+}
 
 struct Shared<R, E> {
     cfg: Config,
@@ -374,6 +515,9 @@ struct Shared<R, E> {
     router: E,
     self_store_id: u64,
     pool: Mutex<ConnectionPool>,
+    /// Regions still sending to tombstoned or not-found stores; a lock of
+    /// its own, never taken before `pool`.
+    stale: Mutex<HashMap<u64, StaleRegions>>,
     episodes: AtomicUsize,
     stats: RaftClientStats,
     executor: ThreadPool,
@@ -494,6 +638,7 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
                 router: builder.router,
                 self_store_id,
                 pool: Mutex::new(ConnectionPool::default()),
+                stale: Mutex::new(HashMap::new()),
                 episodes: AtomicUsize::new(0),
                 stats: RaftClientStats::default(),
                 executor,
@@ -525,6 +670,8 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
             return Err(DiscardReason::Filtered);
         }
         if self.tombstoned.contains(&store_id) {
+            self.shared
+                .note_stale(store_id, std::iter::once(msg.get_region_id()));
             return Err(DiscardReason::Disconnected);
         }
         let conn_num = self.shared.cfg.grpc_raft_conn_num;
@@ -578,6 +725,12 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
                 Err(tombstone) => {
                     if tombstone {
                         self.tombstoned.insert(store_id);
+                        let region_id = match (&raw, &encoded) {
+                            (Some(m), _) => m.get_region_id(),
+                            (None, Some(e)) => e.region_id,
+                            (None, None) => 0,
+                        };
+                        self.shared.note_stale(store_id, std::iter::once(region_id));
                     }
                     return Err(DiscardReason::Disconnected);
                 }
@@ -703,6 +856,16 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
             })
             .collect();
         v.not_found.sort_by_key(|e| e.store_id);
+        drop(pool);
+        let now = Instant::now();
+        v.stale_regions = self
+            .shared
+            .stale
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, r)| (*id, r.view(now)))
+            .collect();
         v
     }
 
@@ -787,6 +950,30 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> Shared<R, E> {
         self.stats
             .reported
             .fetch_add(targets.len() as u64, Ordering::SeqCst);
+        if reason == "tombstone" || reason == "not_found" {
+            self.note_stale(store_id, targets.iter().map(|t| t.0));
+        }
+    }
+
+    /// Notes regions whose messages to a tombstoned or not-found store were
+    /// refused or reported.
+    fn note_stale(&self, store_id: u64, regions: impl Iterator<Item = u64>) {
+        let now = Instant::now();
+        let mut stale = self.stale.lock().unwrap();
+        let s = stale.entry(store_id).or_default();
+        for region_id in regions {
+            s.note(region_id, 1, now);
+        }
+        RAFT_CLIENT_STALE_REGIONS
+            .with_label_values(&[&store_id.to_string()])
+            .set(s.regions.len() as i64);
+    }
+
+    /// Forgets the stale regions of a store found again.
+    fn forget_stale(&self, store_id: u64) {
+        if self.stale.lock().unwrap().remove(&store_id).is_some() {
+            let _ = RAFT_CLIENT_STALE_REGIONS.remove_label_values(&[&store_id.to_string()]);
+        }
     }
 
     fn report_msgs(&self, store_id: u64, msgs: Vec<EncodedMessage>, reason: &str) {
@@ -806,6 +993,7 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> Shared<R, E> {
             if pool.not_found.remove(&store_id).is_some() {
                 self.episodes.fetch_sub(1, Ordering::SeqCst);
                 RAFT_CLIENT_NOT_FOUND_STORES.dec();
+                let _ = RAFT_CLIENT_NOT_FOUND_SINCE.remove_label_values(&[&store_id.to_string()]);
             }
             let keys: Vec<_> = pool
                 .connections
@@ -821,27 +1009,47 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> Shared<R, E> {
         };
         if first {
             RAFT_CLIENT_TOMBSTONE_STORES.inc();
-            error!(self.logger, "store is tombstone, stop reconnecting to it";
-                "store_id" => store_id, "self_store_id" => self.self_store_id);
         }
         for q in queues {
             let pending = q.close();
             self.report_msgs(store_id, pending, "tombstone");
+        }
+        if first {
+            // One line for the verdict, naming the regions still sending to
+            // the store (those seen so far, the pending ones included): the
+            // stale peers an operator removes.
+            let view = self
+                .stale
+                .lock()
+                .unwrap()
+                .get(&store_id)
+                .map(|r| r.view(Instant::now()))
+                .unwrap_or_default();
+            let ids: Vec<u64> = view.regions.iter().map(|r| r.region_id).collect();
+            if ids.is_empty() {
+                error!(self.logger, "store is tombstone, stop reconnecting to it";
+                    "store_id" => store_id, "self_store_id" => self.self_store_id);
+            } else {
+                error!(self.logger, "store is tombstone, stop reconnecting to it; regions still have peers on it, remove them with pd-ctl operator add remove-peer";
+                    "store_id" => store_id, "self_store_id" => self.self_store_id,
+                    "stale_regions" => ids.len() as u64 + view.evicted, "region_ids" => ?ids);
+            }
         }
     }
 
     /// One not-found answer: advances the store's episode (once per round,
     /// whichever connection sees it first) and returns when to retry.
     fn on_not_found(&self, store_id: u64) -> Instant {
-        RAFT_CLIENT_RESOLVE_COUNTER
-            .with_label_values(&["not_found"])
-            .inc();
+        resolve_verdict(store_id, "not_found");
         let mut pool = self.pool.lock().unwrap();
         let now = Instant::now();
         let initial = self.cfg.initial_backoff();
         let ep = pool.not_found.entry(store_id).or_insert_with(|| {
             self.episodes.fetch_add(1, Ordering::SeqCst);
             RAFT_CLIENT_NOT_FOUND_STORES.inc();
+            RAFT_CLIENT_NOT_FOUND_SINCE
+                .with_label_values(&[&store_id.to_string()])
+                .set(unix_secs());
             Episode {
                 backoff: initial,
                 next_attempt: now,
@@ -882,6 +1090,8 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> Shared<R, E> {
         if let Some(ep) = ended {
             self.episodes.fetch_sub(1, Ordering::SeqCst);
             RAFT_CLIENT_NOT_FOUND_STORES.dec();
+            let _ = RAFT_CLIENT_NOT_FOUND_SINCE.remove_label_values(&[&store_id.to_string()]);
+            self.forget_stale(store_id);
             info!(self.logger, "store found in PD again"; "store_id" => store_id, "attempts" => ep.attempts);
         }
     }
@@ -939,6 +1149,7 @@ async fn run_connection<R: StoreAddrResolver + Sync, E: RaftExtension>(
         }
     }
     RAFT_CLIENT_CONNECTIONS.inc();
+    touch_store_series(store_id);
     let _ended = Ended {
         tasks: &shared.tasks,
         ended: &shared.tasks_ended,
@@ -1034,16 +1245,12 @@ async fn connection_loop<R: StoreAddrResolver + Sync, E: RaftExtension>(
         }
         let addr = match resolve_addr(&shared.resolver, store_id).await {
             Ok(addr) => {
-                RAFT_CLIENT_RESOLVE_COUNTER
-                    .with_label_values(&["success"])
-                    .inc();
+                resolve_verdict(store_id, "success");
                 shared.end_not_found(store_id);
                 addr
             }
             Err(resolve::Error::StoreTombstone(_)) => {
-                RAFT_CLIENT_RESOLVE_COUNTER
-                    .with_label_values(&["tombstone"])
-                    .inc();
+                resolve_verdict(store_id, "tombstone");
                 // Between the verdict and the pool update: sends racing it
                 // must still end refused or reported.
                 fail::fail_point!("raft_client_on_tombstone_verdict");
@@ -1059,9 +1266,7 @@ async fn connection_loop<R: StoreAddrResolver + Sync, E: RaftExtension>(
                 continue;
             }
             Err(resolve::Error::Other(e)) => {
-                RAFT_CLIENT_RESOLVE_COUNTER
-                    .with_label_values(&["failed"])
-                    .inc();
+                resolve_verdict(store_id, "failed");
                 let now = Instant::now();
                 if tikv_util::throttle_elapsed(&mut last_other_log, now, log_interval) {
                     warn!(shared.logger, "resolve store address failed, will retry";
@@ -1087,9 +1292,7 @@ async fn connection_loop<R: StoreAddrResolver + Sync, E: RaftExtension>(
             batch_supported = None;
             last_addr = addr.clone();
         }
-        RAFT_CLIENT_CONNECTION_COUNTER
-            .with_label_values(&["connect"])
-            .inc();
+        conn_event(store_id, "connect");
         let attempt = {
             let mut pool = shared.pool.lock().unwrap();
             let n = pool.connects.entry(store_id).or_default();
@@ -1116,9 +1319,7 @@ async fn connection_loop<R: StoreAddrResolver + Sync, E: RaftExtension>(
             .await;
         shared.record_connect(store_id, attempt, waiting.elapsed(), connected);
         let out = if connected {
-            RAFT_CLIENT_CONNECTION_COUNTER
-                .with_label_values(&["connected"])
-                .inc();
+            conn_event(store_id, "connected");
             stream(
                 shared,
                 store_id,
@@ -1142,9 +1343,7 @@ async fn connection_loop<R: StoreAddrResolver + Sync, E: RaftExtension>(
                 return;
             }
             CallEnd::StoreNotMatch(e) => {
-                RAFT_CLIENT_CONNECTION_COUNTER
-                    .with_label_values(&["store_not_match"])
-                    .inc();
+                conn_event(store_id, "store_not_match");
                 if tikv_util::throttle_elapsed(&mut last_fail_log, Instant::now(), log_interval) {
                     warn!(shared.logger, "the store's address is served by another store, resolve it again";
                         "store_id" => store_id, "conn_id" => conn_id, "addr" => &addr,
@@ -1153,9 +1352,7 @@ async fn connection_loop<R: StoreAddrResolver + Sync, E: RaftExtension>(
                 "store_not_match"
             }
             CallEnd::Unimplemented | CallEnd::Cancelled(_) | CallEnd::Failed(_) => {
-                RAFT_CLIENT_CONNECTION_COUNTER
-                    .with_label_values(&["failed"])
-                    .inc();
+                conn_event(store_id, "failed");
                 if tikv_util::throttle_elapsed(&mut last_fail_log, Instant::now(), log_interval) {
                     let err = match &out.end {
                         CallEnd::Failed(e) | CallEnd::Cancelled(e) => e.as_str(),
@@ -1484,9 +1681,7 @@ async fn stream<R: StoreAddrResolver + Sync, E: RaftExtension>(
                 info!(shared.logger, "peer does not implement BatchRaft, fall back to Raft";
                     "store_id" => store_id, "conn_id" => conn_id,
                     "requeued" => out.unconfirmed.len());
-                RAFT_CLIENT_CONNECTION_COUNTER
-                    .with_label_values(&["fallback"])
-                    .inc();
+                conn_event(store_id, "fallback");
                 *batch_supported = Some(false);
             }
             CallEnd::Cancelled(_)
@@ -1496,9 +1691,7 @@ async fn stream<R: StoreAddrResolver + Sync, E: RaftExtension>(
                     && cancelled < MAX_CANCELLED_RETRIES =>
             {
                 cancelled += 1;
-                RAFT_CLIENT_CONNECTION_COUNTER
-                    .with_label_values(&["cancelled_retry"])
-                    .inc();
+                conn_event(store_id, "cancelled_retry");
             }
             _ => {
                 if batch && out.confirmed {
@@ -1566,5 +1759,27 @@ mod tests {
             CallEnd::Cancelled(_)
         ));
         assert!(matches!(decide_end(failed(), None), CallEnd::Failed(_)));
+    }
+
+    /// The stale-region list is bounded: the least recently seen region
+    /// goes first, counted as evicted; a region seen again keeps its count.
+    #[test]
+    fn stale_regions_are_bounded_by_recency() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut r = StaleRegions::default();
+        for id in 0..STALE_REGIONS_PER_STORE as u64 {
+            r.note(id, 1, at(id));
+        }
+        // Region 0 is seen again: region 1 is now the least recent.
+        r.note(0, 2, at(1000));
+        r.note(9999, 1, at(1001));
+        let v = r.view(at(1001));
+        assert_eq!(v.regions.len(), STALE_REGIONS_PER_STORE);
+        assert_eq!(v.evicted, 1);
+        assert!(v.regions.iter().all(|x| x.region_id != 1), "{:?}", v);
+        assert_eq!(v.regions[0].region_id, 0, "most messages first");
+        assert_eq!(v.regions[0].messages, 3);
+        assert_eq!(v.regions[0].last_seen_ms_ago, 1);
     }
 }

@@ -32,9 +32,15 @@ lazy_static! {
 }
 
 /// Registers every metric of this module now, so `/metrics` lists them all
-/// from the start instead of after first use.
+/// from the start instead of after first use (the reconnect outcomes with
+/// their series at 0).
 pub fn init() {
     lazy_static::initialize(&PD_REQUEST_HISTOGRAM_VEC);
     lazy_static::initialize(&PD_REQUEST_FAILURE_COUNTER_VEC);
     lazy_static::initialize(&PD_RECONNECT_COUNTER_VEC);
+    // Every reconnect outcome from 0, so `rate`/`increase` (and an alert on
+    // them) see the first reconnect, not only the second.
+    for t in ["try_connect", "cancel", "success", "failure"] {
+        PD_RECONNECT_COUNTER_VEC.with_label_values(&[t]);
+    }
 }

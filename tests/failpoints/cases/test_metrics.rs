@@ -19,16 +19,7 @@ use tikv_util::logger::LogCapture;
 use crate::util::*;
 
 const T: Duration = Duration::from_secs(20);
-const REASONS: [&str; 8] = [
-    "tombstone",
-    "unreachable",
-    "stopped",
-    "send",
-    "not_found",
-    "resolve",
-    "oversize",
-    "store_not_match",
-];
+use tikv::server::raft_client::REPORT_REASONS as REASONS;
 
 fn resolved(t: &str) -> u64 {
     RESOLVE_STORE_COUNTER.with_label_values(&[t]).get()
@@ -39,11 +30,51 @@ fn resolved_all() -> u64 {
         .map(|t| resolved(t))
         .sum()
 }
+/// A counter family's total over every series whose `label` is `value`
+/// (whatever their `store_id`).
+fn total(family: &str, label: &str, value: &str) -> u64 {
+    prometheus::gather()
+        .iter()
+        .filter(|f| f.get_name() == family)
+        .flat_map(|f| f.get_metric())
+        .filter(|m| {
+            m.get_label()
+                .iter()
+                .any(|l| l.get_name() == label && l.get_value() == value)
+        })
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
+}
 fn verdicts(t: &str) -> u64 {
-    RAFT_CLIENT_RESOLVE_COUNTER.with_label_values(&[t]).get()
+    total("tikv_server_raft_client_resolve_total", "verdict", t)
+}
+fn verdicts_of(t: &str, store: u64) -> u64 {
+    RAFT_CLIENT_RESOLVE_COUNTER
+        .with_label_values(&[t, &store.to_string()])
+        .get()
 }
 fn conns(t: &str) -> u64 {
-    RAFT_CLIENT_CONNECTION_COUNTER.with_label_values(&[t]).get()
+    total("tikv_server_raft_client_connection_total", "type", t)
+}
+fn conns_of(t: &str, store: u64) -> u64 {
+    RAFT_CLIENT_CONNECTION_COUNTER
+        .with_label_values(&[t, &store.to_string()])
+        .get()
+}
+fn gauge_of(g: &prometheus::IntGaugeVec, store: u64) -> Option<i64> {
+    // Read without creating the series: a gauge this test expects gone
+    // must not be brought back by looking at it.
+    let name = prometheus::core::Collector::desc(g)[0].fq_name.clone();
+    prometheus::gather()
+        .iter()
+        .filter(|f| f.get_name() == name)
+        .flat_map(|f| f.get_metric())
+        .find(|m| {
+            m.get_label()
+                .iter()
+                .any(|l| l.get_name() == "store_id" && l.get_value() == store.to_string())
+        })
+        .map(|m| m.get_gauge().get_value() as i64)
 }
 fn flushes(t: &str) -> u64 {
     RAFT_MESSAGE_FLUSH_COUNTER.with_label_values(&[t]).get()
@@ -76,6 +107,7 @@ fn every_readme_metric_follows_the_walk() {
     let resolved0 = resolved_all();
     let (success0, connect0, connected0) =
         (resolved("success"), conns("connect"), conns("connected"));
+    let connect2_0 = conns_of("connect", 2);
     let verdict_ok0 = verdicts("success");
     let (flush0, batch0) = (flushes("flush"), flushes("batch"));
     let recv0 = MESSAGE_RECV_BY_STORE.with_label_values(&["1"]).get();
@@ -100,6 +132,11 @@ fn every_readme_metric_follows_the_walk() {
     assert!(resolved("success") > success0);
     assert!(verdicts("success") > verdict_ok0);
     assert_eq!(conns("connect") - connect0, c.connection_attempts(2));
+    assert_eq!(
+        conns_of("connect", 2) - connect2_0,
+        c.connection_attempts(2),
+        "connection attempts counted under the store they were for"
+    );
     assert_eq!(conns("connected") - connected0, 1);
     assert_eq!(
         MESSAGE_RECV_BY_STORE.with_label_values(&["1"]).get() - recv0,
@@ -125,6 +162,23 @@ fn every_readme_metric_follows_the_walk() {
         c.not_found_episode(9).is_some() && reports(9) - reports9 == 1
     });
     assert_eq!(RAFT_CLIENT_NOT_FOUND_STORES.get() - nf_gauge0, 1);
+    let since = gauge_of(&RAFT_CLIENT_NOT_FOUND_SINCE, 9).expect("store 9's episode start");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        since <= now && since > now - 20,
+        "the episode began during this test: {} vs now {}",
+        since,
+        now
+    );
+    assert_eq!(
+        gauge_of(&RAFT_CLIENT_STALE_REGIONS, 9),
+        Some(1),
+        "region 1's message to store 9 reported: one stale region"
+    );
+    assert!(verdicts_of("not_found", 9) >= 1, "labelled with store 9");
     wait_until(T, "the client saw every not-found answer", || {
         verdicts("not_found") - nf_verdict0 == resolved("not_found") - nf_resolved0
     });
@@ -142,6 +196,7 @@ fn every_readme_metric_follows_the_walk() {
         resolved("tombstone"),
     );
     let (t_failures0, failed0) = (pd_failures("store_tombstone"), conns("failed"));
+    let t2_0 = verdicts_of("tombstone", 2);
     pd.bury(2);
     let buried_calls = pd.get_store_count(2);
     node.stop();
@@ -153,6 +208,8 @@ fn every_readme_metric_follows_the_walk() {
         std::thread::park_timeout(Duration::from_millis(10));
         assert!(region < 3000, "no tombstone verdict");
     }
+    // A send after the verdict is refused, and its region kept as stale.
+    assert!(c.send(msg(7777, 1, 2)).is_err());
     let s = assert_balanced(&c);
     assert_eq!(RAFT_CLIENT_TOMBSTONE_STORES.get() - t_gauge0, 1);
     assert_eq!(
@@ -160,8 +217,24 @@ fn every_readme_metric_follows_the_walk() {
         1,
         "one connection, one verdict"
     );
+    assert_eq!(
+        verdicts_of("tombstone", 2) - t2_0,
+        1,
+        "the verdict names store 2"
+    );
+    let view = c.pool_view().stale_regions[&2].clone();
+    assert!(
+        view.regions
+            .iter()
+            .any(|r| r.region_id == 7777 && r.messages == 1),
+        "the refused send's region kept: {:?}",
+        view
+    );
+    let stale2 = view.regions.len() as i64;
+    assert_eq!(gauge_of(&RAFT_CLIENT_STALE_REGIONS, 2), Some(stale2));
     assert!(resolved("tombstone") > t_resolved0);
     assert!(conns("failed") > failed0, "the broken stream counted");
+    assert!(conns_of("failed", 2) >= 1, "under store 2");
     assert_eq!(
         pd_failures("store_tombstone") - t_failures0,
         pd.get_store_count(2) - buried_calls
