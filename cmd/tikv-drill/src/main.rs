@@ -8,7 +8,7 @@
 //! report (a table, or JSON with `--json`) and exits 1 when an expectation
 //! failed.
 //!
-//! Usage: `tikv-drill [--pd old|new] [--processes | --hosts] [--json] [--verbose]`
+//! Usage: `tikv-drill [--pd old|new] [--processes | --hosts] [--json] [--verbose] [--plot FILE.svg]`
 //!   --pd old      PD answers not-found with gRPC status 2-UNKNOWN
 //!   --pd new      PD answers with a response header error UNKNOWN (default)
 //!   --hosts       as root: the powered-off store on hosts of their own
@@ -16,6 +16,10 @@
 //!   --processes   spawn test-pd and tikv-servers (built by cargo) instead
 //!   --json        print the report as JSON on stdout
 //!   --verbose     print the raft client's log lines (TiKV format) to stderr
+//!   --plot F.svg  also draw the walk's timeline (PD GetStore calls,
+//!                 connection attempts, messages delivered / refused /
+//!                 reported, per step over time) into F.svg (the in-process
+//!                 walk only: with --processes or --hosts it is a usage error)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +30,7 @@ use grpcio::Environment;
 use kvproto::raft_serverpb::RaftMessage;
 use pd_client::{Config as PdConfig, PdClient, RpcClient};
 use slog::Level;
+use test_lab::report::Counters;
 use test_lab::{Progress, Report};
 use test_pd::{NotFoundShape, Server as PdServer};
 use tikv::server::resolve::{self, resolve_blocking, ResolverConfig};
@@ -37,7 +42,7 @@ const VICTIM: u64 = 3;
 const LATECOMER: u64 = 4;
 
 fn usage() -> ! {
-    eprintln!("usage: tikv-drill [--pd old|new] [--processes | --hosts] [--json] [--verbose]");
+    eprintln!("usage: tikv-drill [--pd old|new] [--processes | --hosts] [--json] [--verbose] [--plot FILE.svg]");
     std::process::exit(2)
 }
 
@@ -49,6 +54,24 @@ fn msg(region_id: u64, to: u64) -> RaftMessage {
     m.mut_to_peer().set_id(to * 1000 + region_id);
     m.mut_to_peer().set_store_id(to);
     m
+}
+
+/// The stale regions as the report shows them: the first few ids, how
+/// many in all.
+fn stale_regions(v: &tikv::server::raft_client::StaleStoreView) -> String {
+    let ids: Vec<String> = v
+        .regions
+        .iter()
+        .take(5)
+        .map(|r| r.region_id.to_string())
+        .collect();
+    format!(
+        "regions kept: {} (+{} evicted): {}{}",
+        v.regions.len(),
+        v.evicted,
+        ids.join(", "),
+        if v.regions.len() > 5 { ", ..." } else { "" }
+    )
 }
 
 fn pd_answer(pd: &RpcClient, id: u64) -> String {
@@ -73,6 +96,7 @@ struct Args {
     hosts: bool,
     json: bool,
     verbose: bool,
+    plot: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> Args {
@@ -82,6 +106,7 @@ fn parse_args() -> Args {
         hosts: false,
         json: false,
         verbose: false,
+        plot: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(x) = args.next() {
@@ -95,6 +120,10 @@ fn parse_args() -> Args {
             "--hosts" => a.hosts = true,
             "--json" => a.json = true,
             "--verbose" => a.verbose = true,
+            "--plot" => match args.next() {
+                Some(f) if !f.is_empty() && !f.starts_with("--") => a.plot = Some(f.into()),
+                _ => usage(),
+            },
             "-h" | "--help" => usage(),
             other => {
                 eprintln!("unknown argument {:?}", other);
@@ -113,6 +142,10 @@ fn main() {
     };
     let progress = Progress::new(!args.json);
     if args.processes && args.hosts {
+        usage();
+    }
+    if args.plot.is_some() && (args.processes || args.hosts) {
+        eprintln!("tikv-drill: --plot draws the in-process walk only");
         usage();
     }
     let report = if args.hosts {
@@ -167,6 +200,18 @@ fn main() {
     } else {
         println!();
         print!("{}", report.table());
+    }
+    if let Some(path) = &args.plot {
+        let written = test_lab::plot::svg(&report)
+            .and_then(|svg| std::fs::write(path, svg).map_err(|e| e.to_string()));
+        match written {
+            Ok(()) if !args.json => println!("timeline drawn to {}", path.display()),
+            Ok(()) => {}
+            Err(e) => {
+                eprintln!("tikv-drill: cannot draw {}: {}", path.display(), e);
+                std::process::exit(1);
+            }
+        }
     }
     if !report.passed() {
         std::process::exit(1);
@@ -227,6 +272,26 @@ fn in_process(args: &Args, flavor: &str, progress: Progress) -> Report {
         );
     }
 
+    // The timeline for `--plot`: PD's and the connections' counts for the
+    // two stores the walk is about (the removed one, the latecomer), the
+    // sender's message counts.
+    macro_rules! sample {
+        ($r:expr, $step:expr) => {{
+            let s = client.stats();
+            $r.sample(
+                $step,
+                Counters {
+                    get_store_calls: pd.get_store_count(VICTIM) + pd.get_store_count(LATECOMER),
+                    connection_attempts: client.connection_attempts(VICTIM)
+                        + client.connection_attempts(LATECOMER),
+                    delivered: s.delivered,
+                    refused: s.refused,
+                    reported: s.reported_unreachable,
+                },
+            );
+        }};
+    }
+    sample!(r, "start");
     let victim_ext = nodes[2].1.clone();
     let mut region = 0u64;
     // One message to the victim; what PD, the resolver and the raft client
@@ -289,6 +354,7 @@ fn in_process(args: &Args, flavor: &str, progress: Progress) -> Report {
 
     let (obs, action) = step(&mut client, &pd);
     r.check("Up", "delivered", obs, action == "delivered");
+    sample!(r, "Up");
     pd.set_offline(VICTIM);
     let (obs, action) = step(&mut client, &pd);
     r.check(
@@ -297,6 +363,7 @@ fn in_process(args: &Args, flavor: &str, progress: Progress) -> Report {
         obs,
         action == "delivered",
     );
+    sample!(r, "Offline");
     // Every region has left the store: PD buries it and its process exits.
     nodes[2].2.stop();
     pd.bury(VICTIM);
@@ -308,6 +375,7 @@ fn in_process(args: &Args, flavor: &str, progress: Progress) -> Report {
         obs,
         action.starts_with("reported"),
     );
+    sample!(r, "Tombstone (stopped)");
     // The stale peers on the store keep sending heartbeats (one per 20ms
     // here): that traffic drives the connection to its verdict; an idle
     // connection would wait for a message.
@@ -320,6 +388,9 @@ fn in_process(args: &Args, flavor: &str, progress: Progress) -> Report {
             beat += 1;
             let _ = client.send(msg(beat, VICTIM));
             client.flush();
+            if beat.is_multiple_of(5) {
+                sample!(r, "Tombstone (stopped)");
+            }
             None
         })
         .is_some();
@@ -339,6 +410,20 @@ fn in_process(args: &Args, flavor: &str, progress: Progress) -> Report {
         ),
         stopped && !client.pool_view().connections.contains_key(&VICTIM),
     );
+    sample!(r, "Tombstone (stopped)");
+    // The stale peers' regions: what an operator removes with pd-ctl.
+    let stale = client
+        .pool_view()
+        .stale_regions
+        .get(&VICTIM)
+        .cloned()
+        .unwrap_or_default();
+    r.check(
+        "Tombstone (stopped)",
+        "the regions still sending to the store are named",
+        stale_regions(&stale),
+        !stale.regions.is_empty(),
+    );
     pd.remove_tombstone(VICTIM);
     let calls = pd.get_store_count(VICTIM);
     let (obs, action) = step(&mut client, &pd);
@@ -349,6 +434,7 @@ fn in_process(args: &Args, flavor: &str, progress: Progress) -> Report {
         action == format!("send refused: {:?}", DiscardReason::Disconnected)
             && pd.get_store_count(VICTIM) == calls + 1,
     );
+    sample!(r, "remove-tombstone");
     let calls = pd.get_store_count(VICTIM);
     let refused = client.stats().refused;
     for i in 0..100 {
@@ -365,6 +451,7 @@ fn in_process(args: &Args, flavor: &str, progress: Progress) -> Report {
         ),
         client.stats().refused - refused == 100 && pd.get_store_count(VICTIM) == calls,
     );
+    sample!(r, "after the verdict");
 
     // Cold start: a live store that is not registered in PD yet.
     let ext4 = RecordingExtension::new();
@@ -389,6 +476,7 @@ fn in_process(args: &Args, flavor: &str, progress: Progress) -> Report {
         ),
         episode.is_some() && !client.is_tombstone(LATECOMER),
     );
+    sample!(r, "cold start");
     pd.add_store(LATECOMER, server4.addr());
     let t = Instant::now();
     let flowed = progress.wait(
@@ -397,6 +485,7 @@ fn in_process(args: &Args, flavor: &str, progress: Progress) -> Report {
         || {
             let _ = client.send(msg(2, LATECOMER));
             client.flush();
+            sample!(r, "cold start");
             (ext4.fed_count() > 0).then(|| t.elapsed())
         },
     );

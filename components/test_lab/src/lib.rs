@@ -10,6 +10,7 @@ pub mod host_walk;
 pub mod hosts;
 pub mod http;
 pub mod lab;
+pub mod plot;
 pub mod process;
 pub mod report;
 pub mod scenario;

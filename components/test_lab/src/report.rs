@@ -28,6 +28,38 @@ pub struct Report {
     pub pd_flavor: String,
     /// Every expectation, in order.
     pub steps: Vec<Step>,
+    /// What the walk's counters said over time (for `--plot`).
+    pub timeline: Vec<Sample>,
+    #[serde(skip)]
+    started: Option<Instant>,
+}
+
+/// The walk's counters at one moment: PD's and the connections' for the
+/// store the step is about, the messages of the sending store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    /// PD GetStore calls for the store (PD's own count).
+    pub get_store_calls: u64,
+    /// Connection attempts the sender made to it.
+    pub connection_attempts: u64,
+    /// Messages the sender delivered.
+    pub delivered: u64,
+    /// Messages the sender's `send` refused.
+    pub refused: u64,
+    /// Messages the sender reported unreachable.
+    pub reported: u64,
+}
+
+/// One point of the timeline.
+#[derive(Clone, Debug, Serialize)]
+pub struct Sample {
+    /// Milliseconds since the walk began.
+    pub t_ms: u64,
+    /// The step the walk was in.
+    pub step: String,
+    /// The counters then.
+    #[serde(flatten)]
+    pub counters: Counters,
 }
 
 impl Report {
@@ -37,7 +69,20 @@ impl Report {
             mode: mode.to_owned(),
             pd_flavor: pd_flavor.to_owned(),
             steps: vec![],
+            timeline: vec![],
+            started: None,
         }
+    }
+
+    /// Records the counters now, during `step` (the first sample starts
+    /// the clock).
+    pub fn sample(&mut self, step: &str, counters: Counters) {
+        let start = *self.started.get_or_insert_with(Instant::now);
+        self.timeline.push(Sample {
+            t_ms: start.elapsed().as_millis() as u64,
+            step: step.to_owned(),
+            counters,
+        });
     }
 
     /// Records an expectation; returns `ok`.
