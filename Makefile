@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export RUST_BACKTRACE ?= 1
 
-.PHONY: all setup build run test loom unit-test process-test fail failpoint-test mutants clippy format format-check bench clean
+.PHONY: all setup build run test loom unit-test process-test fail failpoint-test mutants clippy format format-check bench dashboard clean
 
 all: build
 
@@ -74,6 +74,10 @@ format-check:
 ## Benchmarks (release build): resolution latency under load, send path.
 bench: setup
 	$(CARGO) bench --bench transport
+
+## Writes metrics/grafana/tikv_raft_client.json from scripts/dashboard.py.
+dashboard:
+	python3 scripts/dashboard.py
 
 clean:
 	$(CARGO) clean

@@ -2,7 +2,10 @@
 # Installs the system tools the build needs when they are missing:
 # cmake (grpcio-sys builds gRPC's C core), protoc (kvproto codegen), and
 # OpenSSL's headers with pkg-config (gRPC's TLS and the `openssl` crate link
-# the system OpenSSL; see README "TLS backend").
+# the system OpenSSL; see README "TLS backend"), and Debian's `prometheus`
+# (the Prometheus server and `promtool`: the alert rules are checked and
+# unit-tested by promtool, and a process test scrapes a lab cluster with a
+# real Prometheus; see README "Operating it").
 set -euo pipefail
 
 missing=()
@@ -11,6 +14,7 @@ command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v make >/dev/null 2>&1 || missing+=(make)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if ! { command -v pkg-config >/dev/null 2>&1 && pkg-config --exists openssl; }; then
   missing+=(libssl-dev)
 fi
@@ -33,4 +37,5 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq "${missing[@]}" >/dev/null
 command -v cmake >/dev/null && command -v protoc >/dev/null && pkg-config --exists openssl
+command -v promtool >/dev/null && command -v prometheus >/dev/null
 echo "setup: $(cmake --version | head -n1); $(protoc --version); OpenSSL $(pkg-config --modversion openssl)"

@@ -4,6 +4,7 @@
 
 mod cli;
 mod hosts;
+mod prometheus;
 
 use test_lab::scenario::removed_store_walk;
 use test_lab::Progress;
@@ -45,12 +46,48 @@ fn drill_reports_json_and_exit_status() {
         assert!(steps.len() >= 9, "{}", f.stdout);
         assert!(steps.iter().all(|s| s["ok"] == true), "{}", f.stdout);
     }
+    // --plot draws the in-process walk: every strip, every step.
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("walk.svg");
+    let mut cmd = std::process::Command::new(test_lab::process::bin("tikv-drill").unwrap());
+    cmd.args(["--json", "--plot"]).arg(&svg);
+    let f = test_lab::process::run_to_exit(cmd, std::time::Duration::from_secs(120)).unwrap();
+    assert_eq!(f.code, Some(0), "{}\n{}", f.stdout, f.stderr);
+    let text = std::fs::read_to_string(&svg).unwrap();
+    for label in [
+        "PD GetStore calls",
+        "connection attempts",
+        "messages delivered",
+        "messages refused",
+        "messages reported",
+        "Tombstone (stopped)",
+        "remove-tombstone",
+        "cold start",
+    ] {
+        assert!(text.contains(label), "{} missing from the plot", label);
+    }
+    let v: serde_json::Value = serde_json::from_str(&f.stdout).unwrap();
+    let tl = v["timeline"].as_array().unwrap();
+    assert!(tl.len() >= 10, "{}", f.stdout);
+    let last = &tl[tl.len() - 1];
+    assert!(last["refused"].as_u64().unwrap() >= 101, "{}", last);
+    assert!(last["get_store_calls"].as_u64().unwrap() > 0, "{}", last);
     // Bad arguments: usage, exit 2.
     let mut cmd = std::process::Command::new(test_lab::process::bin("tikv-drill").unwrap());
     cmd.args(["--pd", "middle"]);
     let f = test_lab::process::run_to_exit(cmd, std::time::Duration::from_secs(10)).unwrap();
     assert_eq!(f.code, Some(2));
     assert!(f.stderr.contains("usage"), "{}", f.stderr);
+    for bad in [
+        &["--plot"][..],
+        &["--plot", "--json"][..],
+        &["--processes", "--plot", "x.svg"][..],
+    ] {
+        let mut cmd = std::process::Command::new(test_lab::process::bin("tikv-drill").unwrap());
+        cmd.args(bad);
+        let f = test_lab::process::run_to_exit(cmd, std::time::Duration::from_secs(10)).unwrap();
+        assert_eq!(f.code, Some(2), "{:?}: {}", bad, f.stderr);
+    }
 }
 
 /// In the tikv-server binary a message from a store in a not-found episode
@@ -59,7 +96,6 @@ fn drill_reports_json_and_exit_status() {
 /// before D registers; D starts, talks to A, and A reaches D in seconds.
 #[test]
 fn store_process_ends_a_not_found_wait_on_evidence_of_life() {
-    use pd_client::PdClient;
     use std::time::{Duration, Instant};
     let mut lab = test_lab::Lab::start("new").unwrap();
     let hour = "\"3600s\"";
@@ -76,17 +112,8 @@ fn store_process_ends_a_not_found_wait_on_evidence_of_life() {
     let a = lab
         .start_store_with("store-a", &["--config", slow.to_str().unwrap()])
         .unwrap();
-    let pd = pd_client::RpcClient::new(
-        &pd_client::Config::new(vec![lab.pd_endpoints.clone()]),
-        None,
-        tikv_util::logger::discard(),
-    )
-    .unwrap();
-    let d = pd.alloc_id().unwrap();
-    let url = lab
-        .status_url(a, &format!("/debug/synthetic/peer_store/{}", d))
-        .unwrap();
-    lab.http.request("PUT", &url, "").unwrap();
+    let d = lab.alloc_store_id().unwrap();
+    lab.add_peer_store(a, d).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let in_episode = |lab: &test_lab::Lab| {
         lab.raft_client(a).ok().is_some_and(|v| {
@@ -99,15 +126,7 @@ fn store_process_ends_a_not_found_wait_on_evidence_of_life() {
         assert!(Instant::now() < deadline, "no not-found episode for {}", d);
         std::thread::park_timeout(Duration::from_millis(50));
     }
-    let dir = lab.data_dir("store-d");
-    std::fs::create_dir_all(&dir).unwrap();
-    server::ident::StoreIdent {
-        cluster_id: lab.cluster_id,
-        store_id: d,
-    }
-    .save(&dir)
-    .unwrap();
-    assert_eq!(lab.start_store("store-d").unwrap(), d);
+    assert_eq!(lab.start_store_as("store-d", d).unwrap(), d);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let got = lab

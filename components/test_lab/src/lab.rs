@@ -299,6 +299,41 @@ impl Lab {
         Ok(())
     }
 
+    /// A fresh id from PD's allocator (what a new store gets): for a store
+    /// that peers point at before it registers.
+    pub fn alloc_store_id(&self) -> Result<u64, String> {
+        let pd = pd_client::RpcClient::new(
+            &pd_client::Config::new(self.pd_endpoints.split(',').map(str::to_owned).collect()),
+            None,
+            tikv_util::logger::discard(),
+        )
+        .map_err(|e| format!("PD client: {}", e))?;
+        pd_client::PdClient::alloc_id(&pd).map_err(|e| format!("alloc id: {}", e))
+    }
+
+    /// Gives store `on`'s regions a peer on `store` (`PUT
+    /// /debug/synthetic/peer_store/<store>`, as a conf change would).
+    pub fn add_peer_store(&self, on: u64, store: u64) -> Result<(), String> {
+        let url = self.status_url(on, &format!("/debug/synthetic/peer_store/{}", store))?;
+        match self.http.request("PUT", &url, "")? {
+            (200, _) => Ok(()),
+            (code, body) => Err(format!("PUT {}: {} {}", url, code, body)),
+        }
+    }
+
+    /// Starts store `name` as store `id` (its `store_ident.json` written
+    /// first, as a store that was given its id before it registered).
+    pub fn start_store_as(&mut self, name: &str, id: u64) -> Result<u64, String> {
+        let dir = self.data_dir(name);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {}", dir.display(), e))?;
+        server::ident::StoreIdent {
+            cluster_id: self.cluster_id,
+            store_id: id,
+        }
+        .save(&dir)?;
+        self.start_store(name)
+    }
+
     /// Adds a store process spawned from [`store_command`](Self::store_command)
     /// (and ready) to the lab; returns its id.
     pub fn adopt_store(&mut self, name: &str, p: LabProcess) -> Result<u64, String> {

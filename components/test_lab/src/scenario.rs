@@ -5,7 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use pd_client::{PdClient, RpcClient};
 use serde_json::Value;
 
 use crate::lab::Lab;
@@ -232,6 +231,31 @@ pub fn removed_store_walk(flavor: &str, progress: Progress) -> Result<Report, St
             gauge.clone(),
             gauge.ends_with(" 1"),
         );
+        // The stale peers' regions: in the view, the metric, the verdict's
+        // log line.
+        let stale: Vec<u64> = v["pool"]["stale_regions"][c.to_string()]["regions"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|r| r["region_id"].as_u64()).collect())
+            .unwrap_or_default();
+        let metric = lab
+            .metrics(s)?
+            .lines()
+            .find(|l| {
+                l.starts_with("tikv_server_raft_client_stale_regions{")
+                    && l.contains(&format!("store_id=\"{}\"", c))
+            })
+            .unwrap_or("")
+            .to_owned();
+        let log = std::fs::read_to_string(&lab.store(s)?.log).unwrap_or_default();
+        let logged = log.lines().any(|l| {
+            l.contains("regions still have peers on it") && l.contains(&format!("[store_id={}]", c))
+        });
+        r.check(
+            &format!("store {}", s),
+            "the regions still sending to the store: named in /debug/raft_client, /metrics and the verdict's log line",
+            format!("regions {:?}, {}, logged {}", stale, metric, logged),
+            !stale.is_empty() && metric.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n > 0) && logged,
+        );
         let warns = lab.warn_lines_about(s, c)?;
         r.check(
             &format!("store {}", s),
@@ -265,16 +289,9 @@ pub fn removed_store_walk(flavor: &str, progress: Progress) -> Result<Report, St
     );
 
     // 4. Cold start: peers point at a store PD does not know yet.
-    let pd = RpcClient::new(
-        &pd_client::Config::new(lab.pd_endpoints.split(',').map(str::to_owned).collect()),
-        None,
-        tikv_util::logger::discard(),
-    )
-    .map_err(|e| format!("PD client: {}", e))?;
-    let d = pd.alloc_id().map_err(|e| format!("alloc id: {}", e))?;
+    let d = lab.alloc_store_id()?;
     for s in [a, b] {
-        let url = lab.status_url(s, &format!("/debug/synthetic/peer_store/{}", d))?;
-        lab.http.request("PUT", &url, "")?;
+        lab.add_peer_store(s, d)?;
     }
     let episode = progress.wait(
         "a not-found episode for the unregistered store",
@@ -300,14 +317,7 @@ pub fn removed_store_walk(flavor: &str, progress: Progress) -> Result<Report, St
         ),
         episode.is_some() && !tomb,
     );
-    let dir = lab.data_dir("store-d");
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    server::ident::StoreIdent {
-        cluster_id: lab.cluster_id,
-        store_id: d,
-    }
-    .save(&dir)?;
-    let started = lab.start_store("store-d")?;
+    let started = lab.start_store_as("store-d", d)?;
     let registered = Instant::now();
     let got = progress.wait("traffic to the cold-started store", FOLLOW_BOUND, || {
         let v = lab.raft_client(d).ok()?;
