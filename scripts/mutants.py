@@ -9,6 +9,14 @@ reversion survives, does not apply, or does not compile.
     python3 scripts/mutants.py                # all
     python3 scripts/mutants.py --only NAME    # names containing NAME
     python3 scripts/mutants.py --list
+    python3 scripts/mutants.py --quick        # each reversion's `hint` first
+
+`--quick`: a reversion may name the test that catches it (`hint`, one of the
+suites below narrowed to a test filter, so a subset of `make test`). Quick
+mode builds the binaries, runs the hint, and counts the reversion caught when
+the hint fails; when the hint passes (or there is none) it runs every suite
+as without `--quick`. A reversion is never let off by its hint: a hint that
+misses only costs the full run.
 
 The scratch copy builds into target/mutants (its own CARGO_TARGET_DIR: the
 scratch crates have the same artifact names as this tree's, and sharing
@@ -19,6 +27,7 @@ The first run builds the dependencies there once.
 import argparse
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -70,6 +79,34 @@ def load():
     return mutants
 
 
+def hint_of(m):
+    """The reversion's hint as argv, checked to be a suite narrowed by test
+    name filters (so whatever it catches, `make test` catches)."""
+    if "hint" not in m:
+        return None
+    argv = shlex.split(m["hint"])
+    for suite in SUITES[1:]:
+        if argv[:len(suite)] == suite and all(not a.startswith("-") for a in argv[len(suite):]):
+            return argv
+    sys.exit("mutants.toml: %s: hint %r is not a suite of make test narrowed to test names"
+             % (m["name"], m["hint"]))
+
+
+def run_hint(tree, env, argv):
+    """Builds the binaries and runs the hint; (caught, failing tests, log)."""
+    log = ""
+    for cmd in (SUITES[0], argv):
+        p = subprocess.run(cmd, cwd=tree, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                           timeout=SUITE_TIMEOUT)
+        log += p.stdout
+        if p.returncode != 0:
+            failed = re.findall(r"^test (\S+) \.\.\. FAILED$", p.stdout, re.M)
+            # A build error is not a catch: the full run reports it.
+            return bool(failed), failed, log
+    return False, [], log
+
+
 def tracked_files():
     out = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"],
@@ -118,8 +155,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", help="run the mutants whose name contains this")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--quick", action="store_true",
+                    help="run each reversion's hint first; the full suites only when it passes")
     args = ap.parse_args()
     mutants = load()
+    for m in mutants:
+        hint_of(m)
     if args.only:
         mutants = [m for m in mutants if args.only in m["name"]]
     if args.list:
@@ -151,7 +192,17 @@ def main():
                 with open(path, "w") as fh:
                     fh.write(current.replace(old, new, 1))
             t = time.time()
-            status, failed, out = run_suites(scratch, env)
+            hint = hint_of(m) if args.quick else None
+            caught = False
+            if hint:
+                try:
+                    caught, failed, out = run_hint(scratch, env, hint)
+                except subprocess.TimeoutExpired:
+                    caught = False
+            if caught:
+                status = "caught"
+            else:
+                status, failed, out = run_suites(scratch, env)
             for path, text in originals.items():
                 with open(path, "w") as fh:
                     fh.write(text)
