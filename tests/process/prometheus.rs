@@ -218,32 +218,54 @@ impl Prometheus {
             .arg("check")
             .arg("config")
             .arg(&cfg_path));
-        let log = dir.join("prometheus.log");
-        let port = free_port();
-        let child = Command::new(tool("prometheus"))
-            .arg(format!("--config.file={}", cfg_path.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{}", port))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start prometheus");
-        let mut p = Prometheus {
-            child,
-            url: format!("http://127.0.0.1:{}", port),
-            http: HttpClient::plain(),
-            targets: sd,
-            log,
-        };
-        p.set_targets(targets);
-        let url = format!("{}/-/ready", p.url);
-        p.wait("Prometheus ready", || {
-            matches!(p.http.request("GET", &url, ""), Ok((200, _))).then_some(())
-        });
-        p
+        // The port is free when picked, not necessarily when Prometheus
+        // binds it: a Prometheus that exits at start is retried on another.
+        for attempt in 1..=3 {
+            let log = dir.join(format!("prometheus.{}.log", attempt));
+            let port = free_port();
+            let child = Command::new(tool("prometheus"))
+                .arg(format!("--config.file={}", cfg_path.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join(format!("data.{}", attempt)).display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{}", port))
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .expect("start prometheus");
+            let mut p = Prometheus {
+                child,
+                url: format!("http://127.0.0.1:{}", port),
+                http: HttpClient::plain(),
+                targets: sd.clone(),
+                log,
+            };
+            p.set_targets(targets);
+            let url = format!("{}/-/ready", p.url);
+            let deadline = Instant::now() + WAIT;
+            loop {
+                if matches!(p.http.request("GET", &url, ""), Ok((200, _))) {
+                    return p;
+                }
+                if p.child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "Prometheus not ready within {:?}:\n{}",
+                    WAIT,
+                    std::fs::read_to_string(&p.log).unwrap_or_default()
+                );
+                std::thread::park_timeout(Duration::from_millis(100));
+            }
+            eprintln!(
+                "prometheus exited at start (attempt {}):\n{}",
+                attempt,
+                std::fs::read_to_string(&p.log).unwrap_or_default()
+            );
+        }
+        panic!("prometheus exited at start three times");
     }
 
     fn set_targets(&mut self, targets: &[String]) {
