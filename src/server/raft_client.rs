@@ -27,7 +27,10 @@
 //! Stale peers: the loop exists because regions keep peers on a store PD
 //! removed. For each tombstoned or not-found store the client keeps the
 //! regions whose messages to it were refused or reported (at most
-//! [`STALE_REGIONS_PER_STORE`], the least recently seen evicted first),
+//! [`STALE_REGIONS_PER_STORE`]; a full list makes room only by dropping
+//! regions quiet for [`STALE_REGION_QUIET`], at most once a second, so a
+//! store with thousands of stale regions costs a lookup per message, not a
+//! scan),
 //! shows them in [`PoolView::stale_regions`], counts them in
 //! `tikv_server_raft_client_stale_regions{store_id}` and names them in the
 //! tombstone verdict's one log line, so an operator knows which peers to remove
@@ -332,8 +335,12 @@ pub struct StaleRegionView {
 pub struct StaleStoreView {
     /// Regions, most messages first (at most [`STALE_REGIONS_PER_STORE`]).
     pub regions: Vec<StaleRegionView>,
-    /// Regions dropped to keep the bound (the least recently seen).
+    /// Regions dropped from the list after [`STALE_REGION_QUIET`] without a
+    /// message (their peers were removed, or the region moved on).
     pub evicted: u64,
+    /// Messages of regions that found the list full: more stale regions
+    /// than the list holds.
+    pub unlisted_messages: u64,
 }
 
 /// The connection pool, as operators see it (the status server's JSON).
@@ -460,12 +467,43 @@ pub const RECENT_CONNECTS: usize = 32;
 /// Regions kept per store in [`PoolView::stale_regions`].
 pub const STALE_REGIONS_PER_STORE: usize = 64;
 
+/// Refused sends a clone keeps before folding them into the shared
+/// stale-region lists without waiting for its `flush`.
+const STALE_FOLD: usize = 1024;
+
+/// Notes (store, region) pairs whose messages were refused or reported, under
+/// one lock, and sets each touched store's gauge once.
+fn note_stale(stale: &Mutex<HashMap<u64, StaleRegions>>, pairs: impl Iterator<Item = (u64, u64)>) {
+    let now = Instant::now();
+    let mut touched: Vec<u64> = Vec::new();
+    let mut map = stale.lock().unwrap();
+    for (store_id, region_id) in pairs {
+        map.entry(store_id).or_default().note(region_id, 1, now);
+        if !touched.contains(&store_id) {
+            touched.push(store_id);
+        }
+    }
+    for store_id in touched {
+        let n = map.get(&store_id).map_or(0, |s| s.regions.len());
+        RAFT_CLIENT_STALE_REGIONS
+            .with_label_values(&[&store_id.to_string()])
+            .set(n as i64);
+    }
+}
+
+/// A stale region without a message for this long leaves a full list
+/// (a leader heartbeats every 2 s by default: such a peer is gone).
+pub const STALE_REGION_QUIET: Duration = Duration::from_secs(60);
+
 /// The regions seen sending to one tombstoned or not-found store.
 #[derive(Default)]
 struct StaleRegions {
     /// Region id to (messages, last seen).
     regions: HashMap<u64, (u64, Instant)>,
     evicted: u64,
+    unlisted: u64,
+    /// When a full list last looked for quiet regions.
+    last_sweep: Option<Instant>,
 }
 
 impl StaleRegions {
@@ -475,18 +513,19 @@ impl StaleRegions {
             e.1 = now;
             return;
         }
-        if self.regions.len() == STALE_REGIONS_PER_STORE {
-            let oldest = self
-                .regions
-                .iter()
-                .min_by_key(|(_, (_, seen))| *seen)
-                .map(|(id, _)| *id);
-            if let Some(id) = oldest {
-                self.regions.remove(&id);
-                self.evicted += 1;
-            }
+        if self.regions.len() >= STALE_REGIONS_PER_STORE
+            && tikv_util::throttle_elapsed(&mut self.last_sweep, now, Duration::from_secs(1))
+        {
+            let before = self.regions.len();
+            self.regions
+                .retain(|_, (_, seen)| now.saturating_duration_since(*seen) < STALE_REGION_QUIET);
+            self.evicted += (before - self.regions.len()) as u64;
         }
-        self.regions.insert(region_id, (n, now));
+        if self.regions.len() < STALE_REGIONS_PER_STORE {
+            self.regions.insert(region_id, (n, now));
+        } else {
+            self.unlisted += n;
+        }
     }
 
     fn view(&self, now: Instant) -> StaleStoreView {
@@ -503,6 +542,7 @@ impl StaleRegions {
         StaleStoreView {
             regions,
             evicted: self.evicted,
+            unlisted_messages: self.unlisted,
         }
     }
 }
@@ -584,6 +624,10 @@ pub struct RaftClient<R, E> {
     /// Stores this clone saw in the tombstone set: a tombstone is final, so
     /// later sends to them are refused without the pool lock.
     tombstoned: HashSet<u64>,
+    /// (store, region) of this clone's sends refused for a tombstone, folded
+    /// into the shared stale-region lists at `flush` (one lock per flush, so
+    /// a refusal stays cheaper than a queued send).
+    stale_refused: Vec<(u64, u64)>,
 }
 
 impl<R, E> Clone for RaftClient<R, E> {
@@ -593,13 +637,18 @@ impl<R, E> Clone for RaftClient<R, E> {
             cache: HashMap::new(),
             need_flush: Vec::new(),
             tombstoned: HashSet::new(),
+            stale_refused: Vec::new(),
         }
     }
 }
 
 impl<R, E> RaftClient<R, E> {
-    /// Wakes the connections this clone pushed to since its last flush.
+    /// Wakes the connections this clone pushed to since its last flush (and
+    /// hands its refused sends' regions to the stale-region lists).
     pub fn flush(&mut self) {
+        if !self.stale_refused.is_empty() {
+            self.fold_stale();
+        }
         let n = self.need_flush.len();
         for key in self.need_flush.drain(..) {
             if let Some(cq) = self.cache.get_mut(&key) {
@@ -611,6 +660,20 @@ impl<R, E> RaftClient<R, E> {
             RAFT_MESSAGE_FLUSH_COUNTER
                 .with_label_values(&["flush"])
                 .inc_by(n as u64);
+        }
+    }
+}
+
+impl<R, E> RaftClient<R, E> {
+    fn fold_stale(&mut self) {
+        note_stale(&self.shared.stale, self.stale_refused.drain(..));
+    }
+
+    /// A send to tombstoned `store_id` for `region_id` was refused.
+    fn refused_stale(&mut self, store_id: u64, region_id: u64) {
+        self.stale_refused.push((store_id, region_id));
+        if self.stale_refused.len() >= STALE_FOLD {
+            self.fold_stale();
         }
     }
 }
@@ -650,6 +713,7 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
             cache: HashMap::new(),
             need_flush: Vec::new(),
             tombstoned: HashSet::new(),
+            stale_refused: Vec::new(),
         }
     }
 
@@ -670,8 +734,7 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
             return Err(DiscardReason::Filtered);
         }
         if self.tombstoned.contains(&store_id) {
-            self.shared
-                .note_stale(store_id, std::iter::once(msg.get_region_id()));
+            self.refused_stale(store_id, msg.get_region_id());
             return Err(DiscardReason::Disconnected);
         }
         let conn_num = self.shared.cfg.grpc_raft_conn_num;
@@ -730,7 +793,7 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> RaftClient<R, E> {
                             (None, Some(e)) => e.region_id,
                             (None, None) => 0,
                         };
-                        self.shared.note_stale(store_id, std::iter::once(region_id));
+                        self.refused_stale(store_id, region_id);
                     }
                     return Err(DiscardReason::Disconnected);
                 }
@@ -956,17 +1019,9 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> Shared<R, E> {
     }
 
     /// Notes regions whose messages to a tombstoned or not-found store were
-    /// refused or reported.
+    /// reported.
     fn note_stale(&self, store_id: u64, regions: impl Iterator<Item = u64>) {
-        let now = Instant::now();
-        let mut stale = self.stale.lock().unwrap();
-        let s = stale.entry(store_id).or_default();
-        for region_id in regions {
-            s.note(region_id, 1, now);
-        }
-        RAFT_CLIENT_STALE_REGIONS
-            .with_label_values(&[&store_id.to_string()])
-            .set(s.regions.len() as i64);
+        note_stale(&self.stale, regions.map(|r| (store_id, r)));
     }
 
     /// Forgets the stale regions of a store found again.
@@ -1032,7 +1087,8 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> Shared<R, E> {
             } else {
                 error!(self.logger, "store is tombstone, stop reconnecting to it; regions still have peers on it, remove them with pd-ctl operator add remove-peer";
                     "store_id" => store_id, "self_store_id" => self.self_store_id,
-                    "stale_regions" => ids.len() as u64 + view.evicted, "region_ids" => ?ids);
+                    "stale_regions" => ids.len(), "more_unlisted" => view.unlisted_messages > 0,
+                    "region_ids" => ?ids);
             }
         }
     }
@@ -1761,25 +1817,43 @@ mod tests {
         assert!(matches!(decide_end(failed(), None), CallEnd::Failed(_)));
     }
 
-    /// The stale-region list is bounded: the least recently seen region
-    /// goes first, counted as evicted; a region seen again keeps its count.
+    /// The stale-region list is bounded: a full list counts newcomers as
+    /// unlisted until some region has been quiet for `STALE_REGION_QUIET`,
+    /// then drops the quiet ones (counted as evicted) and takes newcomers
+    /// again; a region seen again keeps its count.
     #[test]
-    fn stale_regions_are_bounded_by_recency() {
+    fn stale_regions_are_bounded_and_drop_quiet_ones() {
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
         let mut r = StaleRegions::default();
         for id in 0..STALE_REGIONS_PER_STORE as u64 {
             r.note(id, 1, at(id));
         }
-        // Region 0 is seen again: region 1 is now the least recent.
-        r.note(0, 2, at(1000));
-        r.note(9999, 1, at(1001));
-        let v = r.view(at(1001));
+        r.note(0, 2, at(100));
+        r.note(9999, 1, at(2000));
+        let v = r.view(at(2000));
         assert_eq!(v.regions.len(), STALE_REGIONS_PER_STORE);
-        assert_eq!(v.evicted, 1);
-        assert!(v.regions.iter().all(|x| x.region_id != 1), "{:?}", v);
+        assert_eq!((v.evicted, v.unlisted_messages), (0, 1), "none quiet yet");
         assert_eq!(v.regions[0].region_id, 0, "most messages first");
         assert_eq!(v.regions[0].messages, 3);
-        assert_eq!(v.regions[0].last_seen_ms_ago, 1);
+        assert_eq!(v.regions[0].last_seen_ms_ago, 1900);
+        // Region 1 keeps sending; the others go quiet.
+        let late = STALE_REGION_QUIET.as_millis() as u64 + 1000;
+        r.note(1, 1, at(late - 10));
+        r.note(9998, 1, at(late));
+        let v = r.view(at(late));
+        let ids: Vec<u64> = v.regions.iter().map(|x| x.region_id).collect();
+        assert_eq!(ids, [1, 9998], "{:?}", v);
+        assert_eq!(v.evicted, STALE_REGIONS_PER_STORE as u64 - 1);
+        // Thousands of regions: the list stays full, the rest is counted.
+        for id in 20_000..30_000 {
+            r.note(id, 1, at(late + 1));
+        }
+        let v = r.view(at(late + 1));
+        assert_eq!(v.regions.len(), STALE_REGIONS_PER_STORE);
+        assert_eq!(
+            v.unlisted_messages,
+            1 + 10_000 - (STALE_REGIONS_PER_STORE as u64 - 2)
+        );
     }
 }

@@ -66,9 +66,9 @@ fn stale_regions(v: &tikv::server::raft_client::StaleStoreView) -> String {
         .map(|r| r.region_id.to_string())
         .collect();
     format!(
-        "regions kept: {} (+{} evicted): {}{}",
+        "regions kept: {} ({} messages of regions beyond the list): {}{}",
         v.regions.len(),
-        v.evicted,
+        v.unlisted_messages,
         ids.join(", "),
         if v.regions.len() > 5 { ", ..." } else { "" }
     )

@@ -210,6 +210,7 @@ fn every_readme_metric_follows_the_walk() {
     }
     // A send after the verdict is refused, and its region kept as stale.
     assert!(c.send(msg(7777, 1, 2)).is_err());
+    c.flush();
     let s = assert_balanced(&c);
     assert_eq!(RAFT_CLIENT_TOMBSTONE_STORES.get() - t_gauge0, 1);
     assert_eq!(
