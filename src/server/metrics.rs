@@ -137,3 +137,44 @@ pub fn init() {
     lazy_static::initialize(&MESSAGE_RECV_BY_STORE);
     lazy_static::initialize(&RAFT_MESSAGE_DURATION_VEC);
 }
+
+/// Connection event types of `tikv_server_raft_client_connection_total`.
+pub const CONNECTION_EVENTS: [&str; 6] = [
+    "connect",
+    "connected",
+    "failed",
+    "store_not_match",
+    "fallback",
+    "cancelled_retry",
+];
+/// Verdicts of `tikv_server_raft_client_resolve_total`.
+pub const RESOLVE_VERDICTS: [&str; 4] = ["success", "failed", "not_found", "tombstone"];
+/// Reasons (`type`) of `tikv_server_report_failure_msg_total` this client
+/// reports.
+pub const REPORT_REASONS: [&str; 8] = [
+    "tombstone",
+    "unreachable",
+    "stopped",
+    "send",
+    "not_found",
+    "resolve",
+    "oversize",
+    "store_not_match",
+];
+
+/// Creates a store's per-store counter series at 0 when its connection
+/// task starts: Prometheus's `increase` cannot see a series' first event
+/// when the series is born holding it, so an alert on the first
+/// store-not-match or the tombstone verdict would miss it.
+pub fn touch_store_series(store_id: u64) {
+    let s = store_id.to_string();
+    for t in CONNECTION_EVENTS {
+        RAFT_CLIENT_CONNECTION_COUNTER.with_label_values(&[t, &s]);
+    }
+    for v in RESOLVE_VERDICTS {
+        RAFT_CLIENT_RESOLVE_COUNTER.with_label_values(&[v, &s]);
+    }
+    for r in REPORT_REASONS {
+        REPORT_FAILURE_MSG_COUNTER.with_label_values(&[r, &s]);
+    }
+}

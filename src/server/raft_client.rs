@@ -408,47 +408,6 @@ fn unix_secs() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Connection event types of `tikv_server_raft_client_connection_total`.
-const CONNECTION_EVENTS: [&str; 6] = [
-    "connect",
-    "connected",
-    "failed",
-    "store_not_match",
-    "fallback",
-    "cancelled_retry",
-];
-/// Verdicts of `tikv_server_raft_client_resolve_total`.
-const RESOLVE_VERDICTS: [&str; 4] = ["success", "failed", "not_found", "tombstone"];
-/// Reasons (`type`) of `tikv_server_report_failure_msg_total` this client
-/// reports.
-pub const REPORT_REASONS: [&str; 8] = [
-    "tombstone",
-    "unreachable",
-    "stopped",
-    "send",
-    "not_found",
-    "resolve",
-    "oversize",
-    "store_not_match",
-];
-
-/// Creates a store's per-store counter series at 0 when its connection
-/// task starts: Prometheus's `increase` cannot see a series' first event
-/// when the series is born holding it, so an alert on the first
-/// store-not-match or the tombstone verdict would miss it.
-fn touch_store_series(store_id: u64) {
-    let s = store_id.to_string();
-    for t in CONNECTION_EVENTS {
-        RAFT_CLIENT_CONNECTION_COUNTER.with_label_values(&[t, &s]);
-    }
-    for v in RESOLVE_VERDICTS {
-        RAFT_CLIENT_RESOLVE_COUNTER.with_label_values(&[v, &s]);
-    }
-    for r in REPORT_REASONS {
-        REPORT_FAILURE_MSG_COUNTER.with_label_values(&[r, &s]);
-    }
-}
-
 fn conn_event(store_id: u64, t: &str) {
     RAFT_CLIENT_CONNECTION_COUNTER
         .with_label_values(&[t, &store_id.to_string()])
@@ -1081,15 +1040,15 @@ impl<R: StoreAddrResolver + Sync, E: RaftExtension> Shared<R, E> {
                 .map(|r| r.view(Instant::now()))
                 .unwrap_or_default();
             let ids: Vec<u64> = view.regions.iter().map(|r| r.region_id).collect();
-            if ids.is_empty() {
-                error!(self.logger, "store is tombstone, stop reconnecting to it";
-                    "store_id" => store_id, "self_store_id" => self.self_store_id);
+            let advice = if ids.is_empty() {
+                ""
             } else {
-                error!(self.logger, "store is tombstone, stop reconnecting to it; regions still have peers on it, remove them with pd-ctl operator add remove-peer";
-                    "store_id" => store_id, "self_store_id" => self.self_store_id,
-                    "stale_regions" => ids.len(), "more_unlisted" => view.unlisted_messages > 0,
-                    "region_ids" => ?ids);
-            }
+                "; regions still have peers on it, remove them with pd-ctl operator add remove-peer"
+            };
+            error!(self.logger, "store is tombstone, stop reconnecting to it{}", advice;
+                "store_id" => store_id, "self_store_id" => self.self_store_id,
+                "stale_regions" => ids.len(), "more_unlisted" => view.unlisted_messages > 0,
+                "region_ids" => ?ids);
         }
     }
 

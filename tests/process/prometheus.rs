@@ -275,7 +275,18 @@ impl Prometheus {
         std::fs::rename(&tmp, &self.targets).unwrap();
     }
 
-    fn wait<T>(&self, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    fn wait<T>(&self, what: &str, f: impl FnMut() -> Option<T>) -> T {
+        self.wait_explained(what, f, String::new)
+    }
+
+    /// `wait`, whose failure also prints what `explain` says of the state
+    /// (the series and views the condition was computed from).
+    fn wait_explained<T>(
+        &self,
+        what: &str,
+        mut f: impl FnMut() -> Option<T>,
+        explain: impl Fn() -> String,
+    ) -> T {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(v) = f() {
@@ -283,9 +294,10 @@ impl Prometheus {
             }
             assert!(
                 Instant::now() < deadline,
-                "{}: not within {:?}; prometheus log:\n{}",
+                "{}: not within {:?}\n{}\nprometheus log:\n{}",
                 what,
                 WAIT,
+                explain(),
                 std::fs::read_to_string(&self.log).unwrap_or_default()
             );
             std::thread::park_timeout(Duration::from_millis(200));
@@ -484,7 +496,6 @@ fn prometheus_scrapes_a_lab_cluster_through_a_removal() {
     assert_eq!(code, 200);
     let mut survivors = status_addrs(&lab, &[a, b]);
     survivors.sort();
-    let deadline = Instant::now() + WAIT;
     let firing_on = |prom: &Prometheus| {
         let mut firing: Vec<String> = prom
             .alerts()
@@ -515,10 +526,12 @@ fn prometheus_scrapes_a_lab_cluster_through_a_removal() {
         let firing = firing_on(prom);
         survivors.iter().all(|s| firing.contains(s)) && firing == verdict_on(prom)
     };
-    while !done(&prom) {
-        if Instant::now() > deadline {
-            panic!(
-                "tombstone alert not firing on both survivors {:?} (and only where the verdict is): {:?}\nseries: {:?}\nviews: {} / {}",
+    prom.wait_explained(
+        "tombstone alert firing on both survivors (and only where the verdict is)",
+        || done(&prom).then_some(()),
+        || {
+            format!(
+                "survivors {:?}, firing on {:?}\nseries: {:?}\nviews: {} / {}",
                 survivors,
                 firing_on(&prom),
                 prom.query(&format!(
@@ -527,12 +540,10 @@ fn prometheus_scrapes_a_lab_cluster_through_a_removal() {
                 )),
                 lab.raft_client(a).map(|v| v["pool"].clone()).unwrap_or_default(),
                 lab.raft_client(b).map(|v| v["pool"].clone()).unwrap_or_default(),
-            );
-        }
-        std::thread::park_timeout(Duration::from_millis(200));
-    }
+            )
+        },
+    );
     // The regions still pointing at c: in Prometheus, the view and the log.
-    let deadline = Instant::now() + WAIT;
     let stale_q = format!(
         "tikv_server_raft_client_stale_regions{{store_id=\"{}\"}} > 0",
         c
@@ -545,17 +556,18 @@ fn prometheus_scrapes_a_lab_cluster_through_a_removal() {
             .collect();
         survivors.iter().all(|s| on.contains(s))
     };
-    while !stale_on(&prom) {
-        if Instant::now() > deadline {
-            panic!(
-                "stale regions of store c not scraped from both survivors: {:?}\nviews: {} / {}",
+    prom.wait_explained(
+        "stale regions of store c scraped from both survivors",
+        || stale_on(&prom).then_some(()),
+        || {
+            format!(
+                "series: {:?}\nviews: {} / {}",
                 prom.query(&stale_q),
                 lab.raft_client(a).unwrap_or_default(),
                 lab.raft_client(b).unwrap_or_default(),
-            );
-        }
-        std::thread::park_timeout(Duration::from_millis(200));
-    }
+            )
+        },
+    );
     let view = lab.raft_client(a).unwrap();
     let regions = view["pool"]["stale_regions"][c.to_string()]["regions"]
         .as_array()

@@ -19,7 +19,7 @@ use tikv_util::logger::LogCapture;
 use crate::util::*;
 
 const T: Duration = Duration::from_secs(20);
-use tikv::server::raft_client::REPORT_REASONS as REASONS;
+use tikv::server::metrics::REPORT_REASONS as REASONS;
 
 fn resolved(t: &str) -> u64 {
     RESOLVE_STORE_COUNTER.with_label_values(&[t]).get()
