@@ -18,6 +18,13 @@ the hint fails; when the hint passes (or there is none) it runs every suite
 as without `--quick`. A reversion is never let off by its hint: a hint that
 misses only costs the full run.
 
+`--resume`: every verdict is recorded in target/mutants/results.json with
+the reversion's edits and a digest of the tree's code (every tracked file
+but the Markdown ones: prose does not change what a test catches). A resumed
+run reuses a recorded `caught` when both still match, so one full run can
+span interruptions; anything else (a survivor, a changed file) is run again.
+The table at the end covers every reversion either way.
+
 The scratch copy builds into target/mutants (its own CARGO_TARGET_DIR: the
 scratch crates have the same artifact names as this tree's, and sharing
 target/ would leave mutated test binaries behind that cargo takes as fresh).
@@ -25,6 +32,8 @@ The first run builds the dependencies there once.
 """
 
 import argparse
+import hashlib
+import json
 import os
 import re
 import shlex
@@ -115,6 +124,43 @@ def tracked_files():
     return [f for f in out.splitlines() if f and not f.startswith("target/")]
 
 
+def tree_digest():
+    """A digest of the code a reversion is tested against: every tracked
+    file but the Markdown ones."""
+    h = hashlib.sha256()
+    for f in sorted(tracked_files()):
+        path = os.path.join(ROOT, f)
+        if f.endswith(".md") or not os.path.isfile(path):
+            continue
+        h.update(f.encode() + b"\0")
+        with open(path, "rb") as fh:
+            h.update(hashlib.sha256(fh.read()).digest())
+    return h.hexdigest()
+
+
+def edits_digest(m):
+    return hashlib.sha256(json.dumps(edits(m)).encode()).hexdigest()
+
+
+RESULTS = os.path.join(ROOT, "target", "mutants", "results.json")
+
+
+def load_results(tree):
+    try:
+        with open(RESULTS) as f:
+            r = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return r.get("results", {}) if r.get("tree") == tree else {}
+
+
+def save_results(tree, results):
+    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+    with open(RESULTS + ".tmp", "w") as f:
+        json.dump({"tree": tree, "results": results}, f, indent=1)
+    os.replace(RESULTS + ".tmp", RESULTS)
+
+
 def copy_tree(dst):
     for f in tracked_files():
         src = os.path.join(ROOT, f)
@@ -178,12 +224,22 @@ def main():
         print("\n".join(stale))
         return 2
 
+    tree = tree_digest()
+    results = load_results(tree)
     scratch = tempfile.mkdtemp(prefix="mutants-")
     env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(ROOT, "target", "mutants"))
     rows = []
     try:
         copy_tree(scratch)
         for i, m in enumerate(mutants, 1):
+            earlier = results.get(m["name"])
+            if args.resume and earlier and earlier["status"] == "caught" \
+                    and earlier["edits"] == edits_digest(m):
+                rows.append((m, "caught", earlier["failed"]))
+                print("[%d/%d] %-36s %-28s %-10s %4s %s" % (
+                    i, len(mutants), m["name"], m["section"], "caught", "-",
+                    "(recorded for this tree) " + ", ".join(earlier["failed"][:3])), flush=True)
+                continue
             originals = {}
             for f, old, new in edits(m):
                 path = os.path.join(scratch, f)
@@ -212,6 +268,9 @@ def main():
                 with open(os.path.join(logs, m["name"] + ".log"), "w") as f:
                     f.write(out)
             rows.append((m, status, failed))
+            results[m["name"]] = {"status": status, "failed": failed,
+                                  "edits": edits_digest(m), "secs": round(time.time() - t)}
+            save_results(tree, results)
             print("[%d/%d] %-36s %-28s %-10s %4.0fs %s" % (
                 i, len(mutants), m["name"], m["section"], status, time.time() - t,
                 ", ".join(failed[:3]) + (" (+%d)" % (len(failed) - 3) if len(failed) > 3 else "")),
