@@ -52,7 +52,7 @@ use tikv_alloc as _;
 const SHALLOW_QUEUE: usize = 512;
 
 /// Repetitions of each timed case.
-const REPS: usize = 3;
+const REPS: usize = 5;
 
 struct Row {
     bench: &'static str,
@@ -343,6 +343,17 @@ fn ours_throughput_q(
     for h in hs {
         h.join().unwrap();
     }
+    if std::env::var("BENCH_DEBUG").is_ok() {
+        // The senders are done, the queues still full: who holds memory.
+        // SAFETY: mallinfo2 only reads glibc's counters.
+        let mi = unsafe { libc::mallinfo2() };
+        eprintln!(
+            "ours, senders done: RSS {} KiB, glibc malloc in use {} KiB (gRPC's buffers), {} messages not yet received",
+            status_kib("VmRSS:"),
+            mi.uordblks / 1024,
+            base + per * threads as u64 - rx.svc.received()
+        );
+    }
     wait_received(&rx.svc, base + per * threads as u64);
     let el = t.elapsed();
     let spent = cpu_time() - cpu;
@@ -429,7 +440,12 @@ fn bare_batch_throughput(threads: usize, n: u64, payload: usize, warm: bool) -> 
     let el = t.elapsed();
     let spent = cpu_time() - cpu;
     if std::env::var("BENCH_DEBUG").is_ok() {
-        eprintln!("bare: {} page faults timed", page_faults() - faults);
+        eprintln!(
+            "bare: {} page faults timed, RSS {} KiB (peak {})",
+            page_faults() - faults,
+            status_kib("VmRSS:"),
+            status_kib("VmHWM:")
+        );
     }
     drop(calls);
     let total = (per * threads as u64) as f64;
