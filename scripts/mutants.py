@@ -203,6 +203,8 @@ def main():
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--quick", action="store_true",
                     help="run each reversion's hint first; the full suites only when it passes")
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse the verdicts `caught` recorded for this tree's code")
     args = ap.parse_args()
     mutants = load()
     for m in mutants:
