@@ -817,3 +817,83 @@ fn keepalive_pings_keep_the_connection() {
         assert_balanced(&c);
     }
 }
+
+/// Established TCP connections accepted on `port` (the server's side), read
+/// from `/proc/net/tcp` and `tcp6` (gRPC's sockets are dual-stack: IPv4
+/// peers show there as `::ffff:a.b.c.d`): what the kernel says, not what
+/// gRPC reports.
+fn accepted_connections(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap()
+        + &std::fs::read_to_string("/proc/net/tcp6").unwrap_or_default();
+    table
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("sl"))
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = f[1].rsplit_once(':').map(|(_, p)| p);
+            // State 01: ESTABLISHED.
+            local_port.and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port) && f[3] == "01"
+        })
+        .count()
+}
+
+/// `grpc-raft-conn-num` connections are as many TCP connections (upstream
+/// gives each channel a `random id` argument for that): without one, gRPC
+/// shares one subchannel among channels of equal arguments and the four
+/// calls ride one TCP connection, one congestion window.
+#[test]
+fn each_conn_id_gets_its_own_tcp_connection() {
+    for kind in RECEIVERS {
+        let pd = PdServer::single();
+        let node = Node::start(kind, 2, "127.0.0.1:0");
+        pd.add_store(2, &node.addr());
+        let port: u16 = node.addr().rsplit_once(':').unwrap().1.parse().unwrap();
+        let cfg = Config {
+            grpc_raft_conn_num: 4,
+            ..fast_cfg()
+        };
+        let (_w, mut c, _) = raft_client(&pd, 1, cfg, &LogCapture::new());
+        // Regions 0..4 go to connections 0..4 (region_id % conn_num).
+        for region in 0..4 {
+            c.send(msg(region, 1, 2)).unwrap();
+        }
+        c.flush();
+        wait_until(T, "a message over each connection", || {
+            node.ext.fed_count() == 4
+        });
+        assert_eq!(node.calls(), 4, "{:?}", kind);
+        // Every call delivered, so each one's TCP connection was accepted.
+        assert_eq!(accepted_connections(port), 4, "{:?}", kind);
+        assert_balanced(&c);
+    }
+}
+
+/// A message larger than gRPC's default receive limit (4 MiB) but within
+/// `max-grpc-send-msg-len` (10 MiB) arrives: a store's server takes messages
+/// of any length, as upstream's (tikv/tikv `src/server/server.rs`:
+/// `max_receive_message_len(-1)`); the sender's limit bounds them.
+#[test]
+fn a_message_above_grpc_s_default_receive_limit_arrives() {
+    for kind in RECEIVERS {
+        let pd = PdServer::single();
+        let node = Node::start(kind, 2, "127.0.0.1:0");
+        pd.add_store(2, &node.addr());
+        let (_w, mut c, _) = raft_client(&pd, 1, fast_cfg(), &LogCapture::new());
+        let mut big = msg(1, 1, 2);
+        big.mut_message().mut_entries().push(Default::default());
+        big.mut_message().mut_entries()[0].set_data(vec![7u8; 6 << 20]);
+        c.send(big).unwrap();
+        c.flush();
+        wait_until(T, "the 6 MiB message fed", || {
+            node.ext.fed_count() == 1 || c.stats().reported_unreachable > 0
+        });
+        let len = node.ext.with(|r| {
+            r.fed
+                .first()
+                .map(|m| m.get_message().get_entries()[0].get_data().len())
+        });
+        assert_eq!(len, Some(6 << 20), "{:?}", kind);
+        let s = assert_balanced(&c);
+        assert_eq!((s.delivered, s.reported_unreachable), (1, 0));
+    }
+}

@@ -22,8 +22,8 @@ use std::sync::{Arc, Mutex};
 
 use futures::{FutureExt, TryStreamExt};
 use grpcio::{
-    ClientStreamingSink, Environment, Marshaller, Method, MethodType, RequestStream, RpcContext,
-    RpcStatus, RpcStatusCode, Server, ServerBuilder, ServiceBuilder,
+    ChannelBuilder, ClientStreamingSink, Environment, Marshaller, Method, MethodType,
+    RequestStream, RpcContext, RpcStatus, RpcStatusCode, Server, ServerBuilder, ServiceBuilder,
 };
 use kvproto::raft_serverpb::{Done, RaftMessage};
 use kvproto::tikvpb::BatchRaftMessage;
@@ -305,8 +305,17 @@ impl UpstreamPeer {
             });
         }
         let sec = security.unwrap_or_else(SecurityManager::plaintext);
-        let builder =
-            ServerBuilder::new(Arc::new(Environment::new(2))).register_service(svc.build());
+        // Upstream's server arguments (tikv/tikv `src/server/server.rs`):
+        // `grpc-concurrent-stream` (1024) streams per connection and no
+        // limit on a received message's length.
+        let env = Arc::new(Environment::new(2));
+        let args = ChannelBuilder::new(env.clone())
+            .max_concurrent_stream(1024)
+            .max_receive_message_len(-1)
+            .build_args();
+        let builder = ServerBuilder::new(env)
+            .channel_args(args)
+            .register_service(svc.build());
         let mut server = sec.bind(builder).build().unwrap();
         let port = server
             .add_listening_port(addr, sec.server_credentials())
