@@ -1537,8 +1537,16 @@ async fn run_call<R: StoreAddrResolver + Sync, E: RaftExtension>(
         .saturating_sub(32)
         .max(1);
     let budget = cfg.batch_budget(max_bytes);
+    // A refusing peer answers on the call's first message: UNIMPLEMENTED
+    // unread, store-not-match after reading it (upstream's service, tikv/tikv
+    // `src/server/service/kv.rs`, checks each message's `to_peer.store_id`).
+    // So the size bound on the held set counts from the end of the first
+    // write: a first batch above the stream window confirms nothing alone;
+    // more than the window past it means the peer made room beyond its first
+    // message, which a peer refusing that message does not do.
     let hold_cap = cfg.grpc_stream_initial_window_size.0 as usize;
     let mut held_bytes = 0;
+    let mut first_write_bytes: Option<usize> = None;
     let mut recv = Box::pin(recv);
     let mut held: Vec<EncodedMessage> = Vec::new();
     let mut confirm_at: Option<Instant> = None;
@@ -1606,7 +1614,9 @@ async fn run_call<R: StoreAddrResolver + Sync, E: RaftExtension>(
                 confirm_at = Some(t);
                 timer = Some(tikv_util::timer::delay(t));
             }
-            held_bytes += msgs.iter().map(EncodedMessage::len_in_batch).sum::<usize>();
+            let bytes = msgs.iter().map(EncodedMessage::len_in_batch).sum::<usize>();
+            first_write_bytes.get_or_insert(bytes);
+            held_bytes += bytes;
             held.extend(msgs.iter().cloned());
             Vec::new()
         };
@@ -1617,7 +1627,7 @@ async fn run_call<R: StoreAddrResolver + Sync, E: RaftExtension>(
                     .inc();
                 if confirmed {
                     delivered.fetch_add(n as u64, Ordering::SeqCst);
-                } else if held_bytes > hold_cap {
+                } else if held_bytes - first_write_bytes.unwrap_or(0) > hold_cap {
                     confirmed = true;
                     timer = None;
                     delivered.fetch_add(held.len() as u64, Ordering::SeqCst);

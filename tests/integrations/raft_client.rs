@@ -897,3 +897,46 @@ fn a_message_above_grpc_s_default_receive_limit_arrives() {
         assert_eq!((s.delivered, s.reported_unreachable), (1, 0));
     }
 }
+
+/// A peer refuses a call on its first message (store-not-match, as
+/// upstream's service checks `to_peer.store_id`), after reading it: a first
+/// batch larger than the stream window (3 MiB here, 2 MiB window) does not
+/// confirm the call by its size, and its messages are reported, not counted
+/// delivered.
+#[test]
+fn store_not_match_on_a_first_batch_above_the_window_is_reported() {
+    for kind in RECEIVERS {
+        let pd = PdServer::single();
+        let node = Node::start(kind, 2, "127.0.0.1:0");
+        pd.add_store(5, &node.addr());
+        pd.remove_store(5, true).unwrap();
+        pd.add_store(2, &node.addr());
+        let cfg = fast_cfg();
+        let window = cfg.grpc_stream_initial_window_size.0 as usize;
+        let (_w, mut c, ext) = raft_client(&pd, 1, cfg, &LogCapture::new());
+        for region in 0..3 {
+            let mut m = msg(region, 1, 5);
+            m.mut_message().mut_entries().push(Default::default());
+            m.mut_message().mut_entries()[0].set_data(vec![7u8; window / 2]);
+            c.send(m).unwrap();
+        }
+        c.flush();
+        wait_until(T, "the call rejected", || node.rejected() >= 1);
+        let s = assert_balanced(&c);
+        assert_eq!(node.ext.fed_count(), 0);
+        assert_eq!(
+            (s.delivered, s.reported_unreachable),
+            (0, 3),
+            "{:?}: the refused batch counted delivered",
+            kind
+        );
+        let mut reported = ext.with(|r| r.unreachable.clone());
+        reported.sort();
+        assert_eq!(
+            reported,
+            vec![(0, 5000), (1, 5001), (2, 5002)],
+            "{:?}",
+            kind
+        );
+    }
+}
