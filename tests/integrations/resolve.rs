@@ -317,20 +317,45 @@ fn no_head_of_line_blocking() {
 
     let stuck_done = Arc::new(AtomicUsize::new(0));
     let failed_done = Arc::new(AtomicUsize::new(0));
-    for id in 100..150 {
-        let (s, f) = (stuck_done.clone(), failed_done.clone());
-        r.resolve(
-            id,
-            Box::new(move |_| {
-                if id < 125 {
-                    s.fetch_add(1, Ordering::SeqCst);
-                } else {
-                    f.fetch_add(1, Ordering::SeqCst);
-                }
-            }),
-        )
-        .unwrap();
+    // `resolve` returns at once: issued from a thread of their own, so a
+    // resolver that waits on PD fails this test at its deadline instead of
+    // hanging it.
+    // Releases the stuck calls even when the test fails, so the PD server
+    // can shut down.
+    struct Release<'a>(&'a PdServer);
+    impl Drop for Release<'_> {
+        fn drop(&mut self) {
+            self.0.clear_faults();
+        }
     }
+    let _release = Release(&pd);
+    let issued = Arc::new(AtomicUsize::new(0));
+    let (r2, n, s, f) = (
+        r.clone(),
+        issued.clone(),
+        stuck_done.clone(),
+        failed_done.clone(),
+    );
+    std::thread::spawn(move || {
+        for id in 100..150 {
+            let (s, f) = (s.clone(), f.clone());
+            r2.resolve(
+                id,
+                Box::new(move |_| {
+                    if id < 125 {
+                        s.fetch_add(1, Ordering::SeqCst);
+                    } else {
+                        f.fetch_add(1, Ordering::SeqCst);
+                    }
+                }),
+            )
+            .unwrap();
+            n.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    wait_until(T, "resolve() to return for all 50 stores", || {
+        issued.load(Ordering::SeqCst) == 50
+    });
     wait_until(T, "all 50 GetStore calls to reach PD", || {
         (100..150).all(|id| pd.get_store_count(id) >= 1)
     });
@@ -344,6 +369,4 @@ fn no_head_of_line_blocking() {
     wait_until(T, "the failing resolutions", || {
         failed_done.load(Ordering::SeqCst) == 25
     });
-    // Release the stuck calls before the server goes away.
-    pd.clear_faults();
 }
