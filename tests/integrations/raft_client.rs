@@ -70,16 +70,10 @@ fn batches_respect_max_grpc_send_msg_len_with(kind: Receiver) {
     };
     let (_w, mut c, _) = raft_client(&pd, 1, cfg, &LogCapture::new());
     for i in 0..40 {
-        let mut m = msg(i, 1, 2);
-        m.mut_message().mut_entries().push(Default::default());
-        m.mut_message().mut_entries()[0].set_data(vec![7u8; 300]);
-        c.send(m).unwrap();
+        c.send(msg_with_entry(i, 1, 2, 300)).unwrap();
     }
     // One message larger than a gRPC message can be: reported, not stuck.
-    let mut big = msg(99, 1, 2);
-    big.mut_message().mut_entries().push(Default::default());
-    big.mut_message().mut_entries()[0].set_data(vec![7u8; 4096]);
-    c.send(big).unwrap();
+    c.send(msg_with_entry(99, 1, 2, 4096)).unwrap();
     c.flush();
     wait_until(T, "40 messages fed", || node.ext.fed_count() == 40);
     assert!(node.max_batch() <= 6, "max batch {}", node.max_batch());
@@ -879,10 +873,7 @@ fn a_message_above_grpc_s_default_receive_limit_arrives() {
         let node = Node::start(kind, 2, "127.0.0.1:0");
         pd.add_store(2, &node.addr());
         let (_w, mut c, _) = raft_client(&pd, 1, fast_cfg(), &LogCapture::new());
-        let mut big = msg(1, 1, 2);
-        big.mut_message().mut_entries().push(Default::default());
-        big.mut_message().mut_entries()[0].set_data(vec![7u8; 6 << 20]);
-        c.send(big).unwrap();
+        c.send(msg_with_entry(1, 1, 2, 6 << 20)).unwrap();
         c.flush();
         wait_until(T, "the 6 MiB message fed", || {
             node.ext.fed_count() == 1 || c.stats().reported_unreachable > 0
@@ -915,10 +906,7 @@ fn store_not_match_on_a_first_batch_above_the_window_is_reported() {
         let window = cfg.grpc_stream_initial_window_size.0 as usize;
         let (_w, mut c, ext) = raft_client(&pd, 1, cfg, &LogCapture::new());
         for region in 0..3 {
-            let mut m = msg(region, 1, 5);
-            m.mut_message().mut_entries().push(Default::default());
-            m.mut_message().mut_entries()[0].set_data(vec![7u8; window / 2]);
-            c.send(m).unwrap();
+            c.send(msg_with_entry(region, 1, 5, window / 2)).unwrap();
         }
         c.flush();
         wait_until(T, "the call rejected", || node.rejected() >= 1);

@@ -351,6 +351,14 @@ pub fn msg(region_id: u64, from: u64, to: u64) -> RaftMessage {
     m
 }
 
+/// [`msg`] carrying one entry of `len` bytes of data.
+pub fn msg_with_entry(region_id: u64, from: u64, to: u64, len: usize) -> RaftMessage {
+    let mut m = msg(region_id, from, to);
+    m.mut_message().mut_entries().push(Default::default());
+    m.mut_message().mut_entries()[0].set_data(vec![7u8; len]);
+    m
+}
+
 /// Waits until every message the client took is accounted for, then
 /// returns the stats.
 pub fn assert_balanced(c: &Client) -> StatsSnapshot {
