@@ -613,6 +613,11 @@ fn bench_throughput(rows: &mut Vec<Row>) {
             secs,
         ));
     }
+}
+
+/// Conn-num 4 with 4 sending threads, a bench of its own so that
+/// `BENCH_ONLY=conn-num-4` runs it in a fresh process.
+fn bench_conn_num_4(rows: &mut Vec<Row>) {
     let start = Instant::now();
     let n = 1_000_000;
     let mut pairs = vec![];
@@ -1163,8 +1168,9 @@ fn main() {
     let mut rows = vec![];
     // `BENCH_ONLY=throughput,latency make bench` runs some of them.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    let benches: [(&str, Bench); 6] = [
+    let benches: [(&str, Bench); 7] = [
         ("throughput", bench_throughput),
+        ("conn-num-4", bench_conn_num_4),
         ("latency", bench_latency),
         ("pd-load", bench_pd_load),
         ("hol", bench_hol),
