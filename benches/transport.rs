@@ -941,8 +941,8 @@ fn bench_hol(rows: &mut Vec<Row>) {
     let n = 500;
     let start = Instant::now();
     // Each repetition measures K = 0, 10 and 100 back to back, so a ratio
-    // pairs runs a second apart, not the first and last of the bench (the
-    // machine's load drifts between those).
+    // pairs runs made one after the other (before, all K = 0 runs came
+    // first, and a ratio paired runs up to a second or two apart).
     let (mut base, mut at10, mut at100) = (vec![], vec![], vec![]);
     for _ in 0..REPS {
         base.push(resolve_latencies(0, n));
