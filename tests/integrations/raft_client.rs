@@ -254,6 +254,35 @@ fn reconnects_to_new_address_from_pd() {
     }
 }
 
+/// Every clone's sends are counted (`sent` is striped per clone), also with
+/// more clones than stripes, clones of clones, and clones on threads.
+#[test]
+fn every_clone_s_sends_are_counted() {
+    let pd = PdServer::single();
+    let (_w, c, _ext) = raft_client(&pd, 1, fast_cfg(), &LogCapture::new());
+    let clones: Vec<_> = (0..40).map(|_| c.clone()).collect();
+    let hs: Vec<_> = clones
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut k)| {
+            std::thread::spawn(move || {
+                let mut kk = k.clone();
+                for r in 0..=i as u64 {
+                    // Store 0: refused at once, counted in sent and refused.
+                    assert_eq!(k.send(msg(r, 1, 0)), Err(DiscardReason::Filtered));
+                    assert_eq!(kk.send(msg(r, 1, 0)), Err(DiscardReason::Filtered));
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    let s = assert_balanced(&c);
+    // 2 * (1 + 2 + ... + 40)
+    assert_eq!((s.sent, s.refused), (1640, 1640));
+}
+
 #[test]
 fn full_queue_refuses_with_full() {
     let pd = PdServer::single();

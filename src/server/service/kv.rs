@@ -25,6 +25,7 @@ use slog::{info, warn, Logger};
 
 use crate::server::metrics::{
     MESSAGE_RECV_BY_STORE, RAFT_MESSAGE_DURATION_VEC, RAFT_SERVICE_RECV_COUNTER,
+    RAFT_SERVICE_RECV_OK,
 };
 use crate::server::raft_client::MetadataSourceStoreId;
 use crate::server::raft_extension::RaftExtension;
@@ -240,7 +241,7 @@ impl<E: RaftExtension> Inner<E> {
             }
         }
         self.received.fetch_add(1, Ordering::SeqCst);
-        RAFT_SERVICE_RECV_COUNTER.with_label_values(&["ok"]).inc();
+        RAFT_SERVICE_RECV_OK.inc();
         self.router.feed(msg);
         Ok(())
     }
