@@ -543,6 +543,32 @@ fn prometheus_scrapes_a_lab_cluster_through_a_removal() {
             )
         },
     );
+    // increase() itself sees the verdict on both survivors, not only the
+    // alert's clause for a series born holding its first event: each
+    // survivor's per-store series for c existed at 0 (scraped while the
+    // pairs were resolved, long before the removal), so the verdict is a
+    // rise from 0 to 1.
+    let increase_q = format!(
+        "increase(tikv_server_raft_client_resolve_total{{verdict=\"tombstone\",store_id=\"{}\"}}[10m]) > 0",
+        c
+    );
+    prom.wait_explained(
+        "increase() of the tombstone verdict above 0 on both survivors",
+        || {
+            let on: Vec<String> = prom
+                .query(&increase_q)
+                .iter()
+                .map(|r| r["metric"]["instance"].as_str().unwrap_or("").to_owned())
+                .collect();
+            survivors.iter().all(|s| on.contains(s)).then_some(())
+        },
+        || {
+            format!(
+                "{:?}",
+                prom.query_range(&increase_q.replace(" > 0", ""), t0)
+            )
+        },
+    );
     // The regions still pointing at c: in Prometheus, the view and the log.
     let stale_q = format!(
         "tikv_server_raft_client_stale_regions{{store_id=\"{}\"}} > 0",
