@@ -751,6 +751,15 @@ fn ours_latency(n: usize) -> (f64, f64) {
     (percentile(&mut lat, 50), percentile(&mut lat, 99))
 }
 
+/// A batch of one 256 B message of region `i`, stamped now: a bare
+/// latency write.
+fn one_message_batch(i: u64) -> BatchRaftMessage {
+    let mut b = BatchRaftMessage::default();
+    b.mut_msgs().push(msg(i, 2, 256));
+    b.set_last_observed_time(tikv_util::unix_nanos_now());
+    b
+}
+
 /// The same on a bare `BatchRaft` stream: one message per write.
 fn bare_latency(n: usize) -> (f64, f64) {
     let (bell, _server, addr) = bell_receiver();
@@ -761,9 +770,7 @@ fn bare_latency(n: usize) -> (f64, f64) {
     block_on(async {
         for i in 0..n as u64 {
             let t = Instant::now();
-            let mut b = BatchRaftMessage::default();
-            b.mut_msgs().push(msg(i, 2, 256));
-            b.set_last_observed_time(tikv_util::unix_nanos_now());
+            let b = one_message_batch(i);
             sink.send((b, WriteFlags::default())).await.unwrap();
             bell.wait(i + 1);
             lat.push(t.elapsed().as_secs_f64() * 1e6);
@@ -791,9 +798,7 @@ fn bare_on_grpc_thread_latency(n: usize) -> (f64, f64) {
     let mut lat = Vec::with_capacity(n);
     for i in 0..n as u64 {
         let t = Instant::now();
-        let mut b = BatchRaftMessage::default();
-        b.mut_msgs().push(msg(i, 2, 256));
-        b.set_last_observed_time(tikv_util::unix_nanos_now());
+        let b = one_message_batch(i);
         tx.unbounded_send(b).unwrap();
         bell.wait(i + 1);
         lat.push(t.elapsed().as_secs_f64() * 1e6);

@@ -391,6 +391,11 @@ impl RaftClientStats {
             reported_unreachable: self.reported.load(Ordering::SeqCst),
         }
     }
+
+    /// A stripe of `sent` for a new clone.
+    fn stripe(&self) -> usize {
+        self.next_stripe.fetch_add(1, Ordering::Relaxed) % SENT_STRIPES
+    }
 }
 
 /// A not-found episode of one store, shared by all its connections.
@@ -601,13 +606,6 @@ pub struct RaftClient<R, E> {
     /// into the shared stale-region lists at `flush` (one lock per flush, so
     /// a refusal stays cheaper than a queued send).
     stale_refused: Vec<(u64, u64)>,
-}
-
-impl RaftClientStats {
-    /// A stripe of `sent` for a new clone.
-    fn stripe(&self) -> usize {
-        self.next_stripe.fetch_add(1, Ordering::Relaxed) % SENT_STRIPES
-    }
 }
 
 impl<R, E> Clone for RaftClient<R, E> {

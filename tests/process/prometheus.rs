@@ -374,8 +374,13 @@ impl Prometheus {
             "max_over_time(ALERTS{{alertname=\"{}\",alertstate=\"{}\",store_id=\"{}\"}}[30m])",
             alert, state, store_id
         );
+        self.instances(&q)
+    }
+
+    /// The `instance` labels of `q`'s series, sorted.
+    fn instances(&self, q: &str) -> Vec<String> {
         let mut v: Vec<String> = self
-            .query(&q)
+            .query(q)
             .iter()
             .map(|r| r["metric"]["instance"].as_str().unwrap_or("").to_owned())
             .collect();
@@ -511,16 +516,10 @@ fn prometheus_scrapes_a_lab_cluster_through_a_removal() {
     // Store d, registered after c, may have peers on c too: every node
     // that reached the verdict fires, a and b among them.
     let verdict_on = |prom: &Prometheus| {
-        let mut v: Vec<String> = prom
-            .query(&format!(
-                "tikv_server_raft_client_resolve_total{{verdict=\"tombstone\",store_id=\"{}\"}} > 0",
-                c
-            ))
-            .iter()
-            .map(|r| r["metric"]["instance"].as_str().unwrap_or("").to_owned())
-            .collect();
-        v.sort();
-        v
+        prom.instances(&format!(
+            "tikv_server_raft_client_resolve_total{{verdict=\"tombstone\",store_id=\"{}\"}} > 0",
+            c
+        ))
     };
     let done = |prom: &Prometheus| {
         let firing = firing_on(prom);
@@ -555,11 +554,7 @@ fn prometheus_scrapes_a_lab_cluster_through_a_removal() {
     prom.wait_explained(
         "increase() of the tombstone verdict above 0 on both survivors",
         || {
-            let on: Vec<String> = prom
-                .query(&increase_q)
-                .iter()
-                .map(|r| r["metric"]["instance"].as_str().unwrap_or("").to_owned())
-                .collect();
+            let on = prom.instances(&increase_q);
             survivors.iter().all(|s| on.contains(s)).then_some(())
         },
         || {
@@ -575,11 +570,7 @@ fn prometheus_scrapes_a_lab_cluster_through_a_removal() {
         c
     );
     let stale_on = |prom: &Prometheus| {
-        let on: Vec<String> = prom
-            .query(&stale_q)
-            .iter()
-            .map(|r| r["metric"]["instance"].as_str().unwrap_or("").to_owned())
-            .collect();
+        let on = prom.instances(&stale_q);
         survivors.iter().all(|s| on.contains(s))
     };
     prom.wait_explained(
