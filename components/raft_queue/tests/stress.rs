@@ -6,6 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use raft_queue::{Event, PushError, Queue};
 
@@ -61,6 +62,15 @@ fn every_message_has_exactly_one_owner() {
                         }
                         if s == 0 && i == PER / 2 + round * 1000 {
                             closing.store(true, Ordering::SeqCst);
+                            // Hold this sender until the close has
+                            // happened, so its second half meets a closed
+                            // queue however the threads are scheduled (on
+                            // a busy machine the others may finish first).
+                            let deadline = Instant::now() + Duration::from_secs(30);
+                            while !q.is_closed() {
+                                assert!(Instant::now() < deadline, "the queue was never closed");
+                                std::thread::yield_now();
+                            }
                         }
                     }
                     q.notify();
@@ -93,7 +103,15 @@ fn every_message_has_exactly_one_owner() {
             round,
             twice
         );
-        assert!(!refused.is_empty(), "the close raced the senders");
+        // Sender 0 pushed the rest of its messages after the close: each
+        // one was refused.
+        let after_close = PER - (PER / 2 + round * 1000) - 1;
+        let refused_0 = refused.iter().filter(|m| **m / PER == 0).count() as u64;
+        assert_eq!(
+            refused_0, after_close,
+            "round {}: pushes after close",
+            round
+        );
         // FIFO per sender among what the consumer popped.
         for s in 0..SENDERS {
             let mine: Vec<_> = popped.iter().filter(|m| **m / PER == s).collect();
