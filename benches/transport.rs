@@ -42,8 +42,8 @@ use pd_client::{Config as PdConfig, RpcClient};
 use test_pd::{Fault, Method, Server as PdServer};
 use tikv::server::resolve::{self, resolve_blocking, ResolverConfig, StoreAddrResolver};
 use tikv::server::{
-    Config, ConnectionBuilder, FakeExtension, PdStoreAddrResolver, RaftClient, RaftExtension,
-    Server, Service,
+    Config, ConnectionBuilder, FakeExtension, MetadataSourceStoreId, PdStoreAddrResolver,
+    RaftClient, RaftExtension, Server, Service,
 };
 use tikv_util::config::ReadableDuration;
 use tikv_util::worker::Worker;
@@ -249,6 +249,20 @@ fn channel(env: Arc<Environment>, addr: &str, conn_id: usize) -> TikvClient {
     TikvClient::new(ch)
 }
 
+/// The call options ours sends on every raft call: the `source_store_id`
+/// header of store 1, the sender of every bench message. The bare calls
+/// carry it too, so the receiver does the same work for both (it counts
+/// each call's messages under the source store).
+fn bare_call_option() -> grpcio::CallOption {
+    let mut md = grpcio::MetadataBuilder::with_capacity(1);
+    md.add_str(
+        MetadataSourceStoreId::KEY,
+        &MetadataSourceStoreId::format(1),
+    )
+    .unwrap();
+    grpcio::CallOption::default().headers(md.build())
+}
+
 /// Messages of the timed payload that warm a steady-state run before its
 /// timed loop, on both sides and on the threads that are then timed: twice
 /// the queue, so the sender's allocator arena holds the pages a full queue
@@ -432,7 +446,7 @@ fn bare_batch_throughput(threads: usize, n: u64, payload: usize, warm: bool) -> 
             let th = th as u64;
             let (warmed, go) = (warmed.clone(), go.clone());
             std::thread::spawn(move || {
-                let (mut sink, recv) = c.batch_raft().unwrap();
+                let (mut sink, recv) = c.batch_raft_opt(bare_call_option()).unwrap();
                 block_on(async {
                     for (timed, count) in [(false, warm_per), (true, per)] {
                         if timed {
@@ -488,7 +502,7 @@ fn bare_single_throughput(n: u64, payload: usize) -> f64 {
     let rx = receiver();
     let env = Arc::new(Environment::new(cq_threads(1)));
     let c = channel(env.clone(), &rx.addr, 0);
-    let (mut sink, _recv) = c.raft().unwrap();
+    let (mut sink, _recv) = c.raft_opt(bare_call_option()).unwrap();
     let t = Instant::now();
     block_on(async {
         for i in 0..n {
@@ -765,7 +779,7 @@ fn bare_latency(n: usize) -> (f64, f64) {
     let (bell, _server, addr) = bell_receiver();
     let env = Arc::new(Environment::new(cq_threads(1)));
     let c = channel(env.clone(), &addr, 0);
-    let (mut sink, _recv) = c.batch_raft().unwrap();
+    let (mut sink, _recv) = c.batch_raft_opt(bare_call_option()).unwrap();
     let mut lat = Vec::with_capacity(n);
     block_on(async {
         for i in 0..n as u64 {
@@ -788,7 +802,7 @@ fn bare_on_grpc_thread_latency(n: usize) -> (f64, f64) {
     let (bell, _server, addr) = bell_receiver();
     let env = Arc::new(Environment::new(cq_threads(1)));
     let c = channel(env.clone(), &addr, 0);
-    let (mut sink, _recv) = c.batch_raft().unwrap();
+    let (mut sink, _recv) = c.batch_raft_opt(bare_call_option()).unwrap();
     let (tx, mut rx) = futures::channel::mpsc::unbounded::<BatchRaftMessage>();
     c.spawn(async move {
         while let Some(b) = rx.next().await {

@@ -109,11 +109,19 @@ fn mixed_batch_feeds_the_prefix_and_fails_the_call() {
         // Nothing is written after the failing batch: a write racing the
         // peer's status can surface as a reset instead of the status.
         let batch = vec![msg(1, 1, 2), msg(2, 1, 2), msg(3, 1, 5), msg(4, 1, 2)];
-        let s = batch_call(&node.addr(), Some("1"), vec![batch]);
+        // A source id no other test uses: the counter is process-wide.
+        let counted = MESSAGE_RECV_BY_STORE.with_label_values(&["4343"]);
+        let counted0 = counted.get();
+        let s = batch_call(&node.addr(), Some("4343"), vec![batch]);
         let regions: Vec<u64> = node
             .ext
             .with(|r| r.fed.iter().map(|m| m.get_region_id()).collect());
         assert_eq!(regions, vec![1, 2], "{:?}", kind);
+        if kind == Receiver::Ours {
+            // Counted once for the batch: what was fed, not the stranger
+            // nor what follows it.
+            assert_eq!(counted.get() - counted0, 2, "counted under the source");
+        }
         assert_eq!(
             StoreNotMatch::from_status(&s),
             Some(StoreNotMatch {
