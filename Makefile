@@ -25,8 +25,10 @@ run: setup
 ## Every test: the binaries the process tests spawn (same debug build),
 ## unit, integration and process tests of the whole workspace, then the
 ## failpoint suite and tikv-server's failpoint endpoints (both built with
-## --features failpoints).
+## --features failpoints). First: every reversion of `make mutants` still
+## applies, so a code change cannot silently disarm one.
 test: setup
+	python3 scripts/mutants.py --check
 	$(CARGO) build --workspace
 	$(CARGO) test --workspace
 	$(CARGO) test --features failpoints --test failpoints

@@ -203,6 +203,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", help="run the mutants whose name contains this")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--check", action="store_true",
+                    help="only check that every reversion applies to the tree as it is "
+                         "(run by `make test`: a code change must not silently disarm one)")
     ap.add_argument("--quick", action="store_true",
                     help="run each reversion's hint first; the full suites only when it passes")
     ap.add_argument("--resume", action="store_true",
@@ -227,6 +230,9 @@ def main():
     if stale:
         print("\n".join(stale))
         return 2
+    if args.check:
+        print("mutants: all %d reversions apply to this tree" % len(mutants))
+        return 0
 
     tree = tree_digest()
     results = load_results(tree)

@@ -15,6 +15,8 @@ command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v make >/dev/null 2>&1 || missing+=(make)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+# `make test` first checks that every `make mutants` reversion still applies.
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
 if ! { command -v pkg-config >/dev/null 2>&1 && pkg-config --exists openssl; }; then
   missing+=(libssl-dev)
 fi
