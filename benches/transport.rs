@@ -249,18 +249,12 @@ fn channel(env: Arc<Environment>, addr: &str, conn_id: usize) -> TikvClient {
     TikvClient::new(ch)
 }
 
-/// The call options ours sends on every raft call: the `source_store_id`
-/// header of store 1, the sender of every bench message. The bare calls
-/// carry it too, so the receiver does the same work for both (it counts
-/// each call's messages under the source store).
+/// The call options ours sends on every raft call (the `source_store_id`
+/// header of store 1, the sender of every bench message), on the bare
+/// calls too: the receiver then does the same work for both (it counts each
+/// call's messages under the source store).
 fn bare_call_option() -> grpcio::CallOption {
-    let mut md = grpcio::MetadataBuilder::with_capacity(1);
-    md.add_str(
-        MetadataSourceStoreId::KEY,
-        &MetadataSourceStoreId::format(1),
-    )
-    .unwrap();
-    grpcio::CallOption::default().headers(md.build())
+    MetadataSourceStoreId::call_option(1)
 }
 
 /// Messages of the timed payload that warm a steady-state run before its

@@ -99,6 +99,14 @@ impl MetadataSourceStoreId {
         store_id.to_string()
     }
 
+    /// The call options of every raft call from `store_id`: this header.
+    pub fn call_option(store_id: u64) -> CallOption {
+        let mut md = MetadataBuilder::with_capacity(1);
+        md.add_str(Self::KEY, &Self::format(store_id))
+            .expect("a decimal header value is valid");
+        CallOption::default().headers(md.build())
+    }
+
     /// The store id in a header value; `None` when it is not a decimal u64.
     pub fn parse(value: &[u8]) -> Option<u64> {
         let s = std::str::from_utf8(value).ok()?;
@@ -1437,17 +1445,6 @@ fn target(m: &EncodedMessage) -> (u64, u64) {
     (m.region_id, m.to_peer_id)
 }
 
-/// The call options of every raft call: the `source_store_id` header.
-fn call_option(self_store_id: u64) -> CallOption {
-    let mut md = MetadataBuilder::with_capacity(1);
-    md.add_str(
-        MetadataSourceStoreId::KEY,
-        &MetadataSourceStoreId::format(self_store_id),
-    )
-    .expect("a decimal header value is valid");
-    CallOption::default().headers(md.build())
-}
-
 /// The writing half of a `BatchRaft` or `Raft` call.
 enum CallSink {
     Batch(ClientCStreamSender<EncodedBatch>),
@@ -1692,7 +1689,7 @@ async fn stream<R: StoreAddrResolver + Sync, E: RaftExtension>(
     let mut cancelled = 0;
     loop {
         let batch = *batch_supported != Some(false);
-        let opt = call_option(shared.self_store_id);
+        let opt = MetadataSourceStoreId::call_option(shared.self_store_id);
         let opened = if batch {
             client
                 .client
