@@ -532,6 +532,45 @@ fn waiting_lines(log: &std::path::Path) -> usize {
         .count()
 }
 
+/// A port nothing may take and nothing answers on: bound elsewhere it
+/// fails, dialed it refuses.
+fn reserved_and_refusing(addr: &str) {
+    let e = std::net::TcpListener::bind(addr).expect_err(addr);
+    assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{}: {}", addr, e);
+    let e = std::net::TcpStream::connect(addr).expect_err(addr);
+    assert_eq!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{}: {}",
+        addr,
+        e
+    );
+}
+
+/// While the lab's PD is stopped, and once a store is killed, their ports
+/// stay reserved, so no other process takes them (another test's bind to
+/// port 0, or a client's own ephemeral port connecting to itself) and a
+/// store dialing them is refused as by a dead process. A store waiting
+/// for PD once met something else on PD's port and stopped waiting (CI,
+/// 2026-12-08).
+#[test]
+fn a_stopped_process_s_ports_stay_reserved_and_refuse() {
+    let mut lab = Lab::start("new").unwrap();
+    let id = lab.start_store("s1").unwrap();
+    let (addr, status) = {
+        let s = lab.store(id).unwrap();
+        (s.addr.clone(), s.status.clone())
+    };
+    lab.kill_store(id).unwrap();
+    reserved_and_refusing(&addr);
+    reserved_and_refusing(&status);
+    lab.stop_pd();
+    reserved_and_refusing(&lab.pd_endpoints.clone());
+    reserved_and_refusing(&lab.pd_http.clone());
+    lab.restart_pd(&[]).unwrap();
+    assert!(lab.alloc_store_id().unwrap() > 0);
+}
+
 /// Started before PD (pods start in any order), a store waits for it, as
 /// TiKV does by default (`[pd] retry-max-count` unlimited), then joins and
 /// carries traffic.
@@ -554,7 +593,13 @@ fn a_store_started_before_pd_waits_for_it_and_joins() {
             "the store stopped waiting: {:?}",
             std::fs::read_to_string(&log)
         );
-        assert!(!waiting.is_finished(), "the store gave up waiting for PD");
+        if waiting.is_finished() {
+            panic!(
+                "the store stopped waiting for PD: {:?}; its log: {}",
+                waiting.join().unwrap().map(|p| p.ready.to_string()),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
         std::thread::park_timeout(Duration::from_millis(50));
     }
     let line = std::fs::read_to_string(&log).unwrap();

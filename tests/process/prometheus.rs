@@ -487,7 +487,7 @@ fn prometheus_scrapes_a_lab_cluster_through_a_removal() {
 
     // Store c is removed: killed, deleted, buried. Both survivors' stale
     // peers on it drive their raft clients to the tombstone verdict.
-    lab.stores.get_mut(&c).unwrap().process.kill();
+    lab.kill_store(c).unwrap();
     let (code, _) = lab
         .pd_api("DELETE", &format!("/pd/api/v1/store/{}", c))
         .unwrap();

@@ -114,7 +114,7 @@ pub fn powered_off_walk(flavor: &str, progress: Progress) -> Result<Report, Stri
 
     // Powered off: the process dies (its streams reset), the host stops
     // answering.
-    lab.stores.get_mut(&c).expect("store c").process.kill();
+    lab.kill_store(c)?;
     hl.blackhole(4)?;
     let off = Instant::now();
     let (att_a, calls0) = (attempts(&lab, a, c), lab.get_store_calls(c)?);

@@ -74,6 +74,11 @@ pub struct Lab {
     pub http: HttpClient,
     config: PathBuf,
     dir: tempfile::TempDir,
+    /// PD's ports while it is stopped (a local PD only).
+    pd_ports: Vec<crate::port_hold::PortHold>,
+    /// Killed stores' ports.
+    held_ports: Vec<crate::port_hold::PortHold>,
+    local_pd: bool,
 }
 
 impl Lab {
@@ -148,6 +153,9 @@ impl Lab {
             http,
             config,
             dir,
+            pd_ports: Vec::new(),
+            held_ports: Vec::new(),
+            local_pd: host.is_none(),
         })
     }
 
@@ -280,9 +288,22 @@ impl Lab {
     }
 
     /// SIGKILLs test-pd (its state is lost; restart it with
-    /// [`restart_pd`](Self::restart_pd)).
+    /// [`restart_pd`](Self::restart_pd)). Its ports stay reserved until
+    /// then: dialing PD is refused, as a dead PD's port is.
     pub fn stop_pd(&mut self) {
         self.pd.kill();
+        // Kept until `restart_pd`: without it another process could bind
+        // the port, or a store dialing PD get it as its own ephemeral port
+        // and connect to itself, and the store would meet something that
+        // is not PD. A PD inside a host has its own network namespace.
+        if self.local_pd {
+            for addr in [&self.pd_endpoints, &self.pd_http] {
+                match crate::port_hold::PortHold::bind(addr) {
+                    Ok(h) => self.pd_ports.push(h),
+                    Err(e) => eprintln!("lab: PD's port {} stays unheld: {}", addr, e),
+                }
+            }
+        }
     }
 
     /// Starts a fresh test-pd on the addresses the stopped one had, so the
@@ -294,6 +315,7 @@ impl Lab {
             .args(["--flavor", &self.flavor])
             .args(extra);
         let stderr = self.dir.path().join("test-pd.restarted.stderr");
+        self.pd_ports.clear();
         self.pd = LabProcess::spawn("test-pd", cmd, &stderr)?;
         self.cluster_id = self.pd.ready["cluster_id"].as_u64().unwrap_or(0);
         Ok(())
@@ -352,6 +374,27 @@ impl Lab {
         };
         self.stores.insert(id, store);
         Ok(id)
+    }
+
+    /// SIGKILLs store `id`. It stays in [`stores`](Self::stores) (its
+    /// data dir and log), and its raft and status ports stay reserved for
+    /// the lab's life, so stores still dialing it are refused as by a dead
+    /// process and never reach whatever else could take the port.
+    pub fn kill_store(&mut self, id: u64) -> Result<(), String> {
+        let s = self
+            .stores
+            .get_mut(&id)
+            .ok_or_else(|| format!("store {} is not in the lab", id))?;
+        s.process.kill();
+        for addr in [&s.addr, &s.status] {
+            match crate::port_hold::PortHold::bind(addr) {
+                Ok(h) => self.held_ports.push(h),
+                // A store inside a host: its address is not on this side.
+                Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {}
+                Err(e) => eprintln!("lab: store {}'s port {} stays unheld: {}", id, addr, e),
+            }
+        }
+        Ok(())
     }
 
     /// Store `id`, running.

@@ -11,6 +11,7 @@ pub mod hosts;
 pub mod http;
 pub mod lab;
 pub mod plot;
+pub mod port_hold;
 pub mod process;
 pub mod report;
 pub mod scenario;

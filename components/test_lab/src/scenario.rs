@@ -128,7 +128,7 @@ pub fn removed_store_walk(flavor: &str, progress: Progress) -> Result<Report, St
 
     // 2. SIGKILL store c; PD: delete (Offline), then Tombstone.
     let members_before = u(&lab.counters()?["get_members"]);
-    lab.stores.get_mut(&c).expect("store c").process.kill();
+    lab.kill_store(c)?;
     let killed = Instant::now();
     let calls_at_kill = lab.get_store_calls(c)?;
     let (code, body) = lab.pd_api("DELETE", &format!("/pd/api/v1/store/{}", c))?;
