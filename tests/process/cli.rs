@@ -565,8 +565,8 @@ fn a_stopped_process_s_ports_stay_reserved_and_refuse() {
     reserved_and_refusing(&addr);
     reserved_and_refusing(&status);
     lab.stop_pd();
-    reserved_and_refusing(&lab.pd_endpoints.clone());
-    reserved_and_refusing(&lab.pd_http.clone());
+    reserved_and_refusing(&lab.pd_endpoints);
+    reserved_and_refusing(&lab.pd_http);
     lab.restart_pd(&[]).unwrap();
     assert!(lab.alloc_store_id().unwrap() > 0);
 }

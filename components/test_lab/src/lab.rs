@@ -78,7 +78,21 @@ pub struct Lab {
     pd_ports: Vec<crate::port_hold::PortHold>,
     /// Killed stores' ports.
     held_ports: Vec<crate::port_hold::PortHold>,
-    local_pd: bool,
+}
+
+/// Holds each of `addrs`, the ports of a process (`who`) that is gone (see
+/// [`port_hold`](crate::port_hold)). A process inside a host has its
+/// addresses in the host's namespace, not on this side: nothing to hold.
+fn hold_ports(addrs: &[&str], who: &str) -> Vec<crate::port_hold::PortHold> {
+    let mut held = Vec::new();
+    for addr in addrs {
+        match crate::port_hold::PortHold::bind(addr) {
+            Ok(h) => held.push(h),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {}
+            Err(e) => eprintln!("lab: {}'s port {} stays unheld: {}", who, addr, e),
+        }
+    }
+    held
 }
 
 impl Lab {
@@ -155,7 +169,6 @@ impl Lab {
             dir,
             pd_ports: Vec::new(),
             held_ports: Vec::new(),
-            local_pd: host.is_none(),
         })
     }
 
@@ -295,15 +308,8 @@ impl Lab {
         // Kept until `restart_pd`: without it another process could bind
         // the port, or a store dialing PD get it as its own ephemeral port
         // and connect to itself, and the store would meet something that
-        // is not PD. A PD inside a host has its own network namespace.
-        if self.local_pd {
-            for addr in [&self.pd_endpoints, &self.pd_http] {
-                match crate::port_hold::PortHold::bind(addr) {
-                    Ok(h) => self.pd_ports.push(h),
-                    Err(e) => eprintln!("lab: PD's port {} stays unheld: {}", addr, e),
-                }
-            }
-        }
+        // is not PD.
+        self.pd_ports = hold_ports(&[&self.pd_endpoints, &self.pd_http], "test-pd");
     }
 
     /// Starts a fresh test-pd on the addresses the stopped one had, so the
@@ -386,14 +392,8 @@ impl Lab {
             .get_mut(&id)
             .ok_or_else(|| format!("store {} is not in the lab", id))?;
         s.process.kill();
-        for addr in [&s.addr, &s.status] {
-            match crate::port_hold::PortHold::bind(addr) {
-                Ok(h) => self.held_ports.push(h),
-                // A store inside a host: its address is not on this side.
-                Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {}
-                Err(e) => eprintln!("lab: store {}'s port {} stays unheld: {}", id, addr, e),
-            }
-        }
+        let held = hold_ports(&[&s.addr, &s.status], &format!("store {}", id));
+        self.held_ports.extend(held);
         Ok(())
     }
 
